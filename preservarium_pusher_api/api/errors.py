@@ -1,0 +1,113 @@
+"""The one place that maps exceptions to HTTP answers, all in the ``ErrorResponse`` shape."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from slowapi.errors import RateLimitExceeded
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from preservarium_pusher_api.core.exceptions import PusherError
+
+log = structlog.get_logger(__name__)
+
+_HTTP_ERROR_TYPES = {
+    401: "AuthenticationError",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestBodyTooLargeError",
+    415: "UnsupportedMediaType",
+}
+
+
+def request_id_of(request: Request) -> str | None:
+    """The X-Request-ID the request-context middleware assigned."""
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(
+    request: Request,
+    status_code: int,
+    error: str,
+    error_type: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """Build an error answer in the shared JSON shape."""
+    body = {
+        "error": error,
+        "type": error_type,
+        "details": details or [],
+        "request_id": request_id_of(request),
+    }
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # "input" and "ctx" are left out: they would echo payload values back.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc)
+    fields = ", ".join(".".join(str(part) for part in d["loc"][1:]) or "body" for d in details)
+    return error_response(request, 422, f"Invalid request: {fields}", "ValidationError", details)
+
+
+async def _on_pusher_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PusherError)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return error_response(
+        request, exc.status_code, exc.message, exc.error_type, exc.details, headers
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = _HTTP_ERROR_TYPES.get(exc.status_code, HTTPStatus(exc.status_code).phrase)
+    return error_response(
+        request, exc.status_code, str(exc.detail), error_type, headers=exc.headers
+    )
+
+
+async def _on_rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimitExceeded)
+    retry_after = 1
+    view_limit = getattr(request.state, "view_rate_limit", None)
+    if view_limit is not None:
+        item, keys = view_limit
+        reset_at, _remaining = request.app.state.limiter.limiter.get_window_stats(item, *keys)
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+    return error_response(
+        request,
+        429,
+        f"Rate limit exceeded: {exc.detail}",
+        "RateLimitExceeded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", error_type=type(exc).__name__)
+    return error_response(request, 500, "Internal server error", "InternalError")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(PusherError, _on_pusher_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RateLimitExceeded, _on_rate_limited)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,113 @@
+"""Command routes: validate, hand to the pusher service, answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from slowapi import Limiter
+
+from preservarium_pusher_api.api.dependencies import PusherDep, SettingsDep
+from preservarium_pusher_api.core.exceptions import PusherError
+from preservarium_pusher_api.core.models import (
+    BatchCommandRequest,
+    BatchCommandResponse,
+    CommandRequest,
+    CommandResponse,
+    ErrorResponse,
+)
+
+API_PREFIX = "/api/v1"
+Endpoint = Callable[..., Awaitable[Any]]
+
+# W3C trace context: version-traceid-parentid-flags, forwarded only when well formed.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "Missing or invalid API key",
+        413: "Payload or request body too large",
+        422: "Invalid command",
+        429: "Rate limit exceeded (see Retry-After)",
+        503: "Kafka unavailable; nothing was accepted (see Retry-After)",
+    }.items()
+}
+
+
+class BatchTooLargeError(PusherError):
+    """The batch holds more commands than ``MAX_BATCH_SIZE``."""
+
+    status_code = 422
+
+
+def status_location(request_id: str) -> str:
+    """Where the command's status can be read."""
+    return f"/api/v1/commands/{request_id}/status"
+
+
+def _traceparent(value: str | None) -> str | None:
+    return value if value and _TRACEPARENT.match(value) else None
+
+
+async def create_command(
+    request: Request,
+    command: CommandRequest,
+    response: Response,
+    pusher: PusherDep,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> CommandResponse:
+    """Validate a command and produce it to Kafka; 202 once the broker acknowledged it."""
+    result = await pusher.push_command(command, _traceparent(traceparent))
+    response.headers["Location"] = status_location(result.request_id)
+    return result
+
+
+async def create_commands_batch(
+    request: Request,
+    batch: BatchCommandRequest,
+    pusher: PusherDep,
+    settings: SettingsDep,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> BatchCommandResponse:
+    """Produce every command, then await all acknowledgements; failures are per item."""
+    if len(batch.commands) > settings.max_batch_size:
+        raise BatchTooLargeError(
+            f"batch holds {len(batch.commands)} commands; MAX_BATCH_SIZE is "
+            f"{settings.max_batch_size}",
+            details=[{"loc": ["body", "commands"], "max_items": settings.max_batch_size}],
+        )
+    return await pusher.push_commands_batch(batch.commands, _traceparent(traceparent))
+
+
+def build_router(limiter: Limiter, rate_limit: str | None) -> APIRouter:
+    """Command routes, rate limited per API key (or client address) when a limit is set.
+
+    Built per app because the limit is a setting and slowapi applies it by decoration.
+    """
+    router = APIRouter(tags=["commands"])
+
+    def limited(endpoint: Endpoint) -> Endpoint:
+        return limiter.limit(rate_limit)(endpoint) if rate_limit else endpoint
+
+    router.add_api_route(
+        f"{API_PREFIX}/commands",
+        limited(create_command),
+        methods=["POST"],
+        status_code=202,
+        response_model=CommandResponse,
+        responses=_ERRORS,
+        summary="Submit one command",
+    )
+    router.add_api_route(
+        f"{API_PREFIX}/commands/batch",
+        limited(create_commands_batch),
+        methods=["POST"],
+        status_code=202,
+        response_model=BatchCommandResponse,
+        responses=_ERRORS,
+        summary="Submit several commands",
+    )
+    return router

@@ -1,0 +1,88 @@
+"""The ``pusher`` command: ``pusher api`` serves the API, ``pusher dev`` runs a local stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.core.exceptions import ConfigurationError
+from preservarium_pusher_api.main import create_app
+from preservarium_pusher_api.utils.logging import configure_logging
+
+FACTORY = "preservarium_pusher_api.main:create_app"
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, object]:
+    # Forwarded headers are handled by the app (TRUSTED_PROXIES), never trusted by default.
+    return {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "lifespan": "on",
+    }
+
+
+def run_api(args: argparse.Namespace) -> int:
+    """Serve the API with uvicorn, configured from the environment and flags."""
+    overrides = {k: v for k, v in {"api_host": args.host, "api_port": args.port}.items() if v}
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    options = _uvicorn_options(settings)
+    if args.workers > 1:
+        # Each worker builds its settings from the same environment.
+        uvicorn.run(FACTORY, factory=True, workers=args.workers, **options)  # type: ignore[arg-type]
+        return 0
+    try:
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        print(f"pusher api: configuration error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, **options)  # type: ignore[arg-type]
+    return 0
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Embedded Kafka-compatible broker plus the API, stopped together on Ctrl-C."""
+    from preservarium_pusher_api.devtools.dev_stack import run_dev_stack
+
+    return asyncio.run(
+        run_dev_stack(api_host=args.host, api_port=args.api_port, kafka_port=args.kafka_port)
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the ``pusher`` command."""
+    parser = argparse.ArgumentParser(prog="pusher", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    api = commands.add_parser("api", help="serve the HTTP API (settings from env / .env)")
+    api.add_argument("--host", help="bind address (default API_HOST)")
+    api.add_argument("--port", type=int, help="port (default API_PORT)")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.set_defaults(handler=run_api)
+
+    dev = commands.add_parser("dev", help="embedded Kafka-compatible broker + API for local use")
+    dev.add_argument("--host", default="127.0.0.1", help="API bind address")
+    dev.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
+    dev.add_argument("--kafka-port", type=int, default=None, help="broker port (default: free)")
+    dev.set_defaults(handler=run_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pusher`` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

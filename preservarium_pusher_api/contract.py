@@ -1,0 +1,198 @@
+"""Kafka wire contract shared by the API, the tracker and every connector.
+
+This module is the single definition of what crosses Kafka. It imports pydantic only
+(never FastAPI or aiokafka) so that connectors and tools can depend on it alone.
+
+Commands topic (``device_commands``): key = ``device_id`` (UTF-8), value = ``CommandMessage``
+or ``CancelMessage`` JSON, headers ``kind``, ``protocol``, ``request_id``, ``content-type``
+and ``traceparent`` when known. Results topic (``device_command_results``): key =
+``request_id``, value = ``StatusEvent`` JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+
+SCHEMA_VERSION: Final = 1
+
+DEFAULT_COMMAND_TOPIC: Final = "device_commands"
+DEFAULT_RESULT_TOPIC: Final = "device_command_results"
+DLQ_SUFFIX: Final = ".dlq"
+
+CONTENT_TYPE_JSON: Final = "application/json"
+
+# Header names on command records.
+HEADER_KIND: Final = "kind"
+HEADER_PROTOCOL: Final = "protocol"
+HEADER_REQUEST_ID: Final = "request_id"
+HEADER_CONTENT_TYPE: Final = "content-type"
+HEADER_TRACEPARENT: Final = "traceparent"
+HEADER_DLQ_REASON: Final = "dlq-reason"
+
+# Identifiers end up in MQTT topics and Kafka keys: no MQTT separators or wildcards
+# ("/", "+", "#"), no whitespace, no control characters.
+IDENTIFIER_MAX_LENGTH: Final = 128
+_FORBIDDEN_IDENTIFIER_CHARS = re.compile(r"[/+#\s\x00-\x1f\x7f-\x9f]")
+
+
+def dlq_topic(command_topic: str) -> str:
+    """Return the dead-letter topic that belongs to a commands topic."""
+    return command_topic + DLQ_SUFFIX
+
+
+class Protocol(StrEnum):
+    """Transport a connector uses to reach the device."""
+
+    MQTT = "mqtt"
+    COAP = "coap"
+    HTTP = "http"
+
+
+class MessageKind(StrEnum):
+    """What a record on the commands topic is; also sent as the ``kind`` header."""
+
+    COMMAND = "command"
+    CANCEL = "cancel"
+
+
+class CommandStatus(StrEnum):
+    """Lifecycle of a command; statuses only move forward."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the statuses after which nothing changes."""
+        return self in TERMINAL_STATUSES
+
+    @property
+    def rank(self) -> int:
+        """Position in the lifecycle; every terminal status shares the last rank."""
+        return _STATUS_RANK[self]
+
+
+TERMINAL_STATUSES: Final = frozenset(
+    {
+        CommandStatus.SUCCEEDED,
+        CommandStatus.FAILED,
+        CommandStatus.TIMED_OUT,
+        CommandStatus.EXPIRED,
+        CommandStatus.CANCELLED,
+    }
+)
+_STATUS_RANK: Final = {
+    CommandStatus.QUEUED: 0,
+    CommandStatus.SENT: 1,
+    CommandStatus.DELIVERED: 2,
+    **{status: 3 for status in TERMINAL_STATUSES},
+}
+
+
+def check_identifier(value: str) -> str:
+    """Validate a device id or command type so it is safe in MQTT topics and Kafka keys.
+
+    Raises:
+        ValueError: empty, too long, or containing ``/ + #``, whitespace or control characters.
+    """
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > IDENTIFIER_MAX_LENGTH:
+        raise ValueError(f"must be at most {IDENTIFIER_MAX_LENGTH} characters")
+    if _FORBIDDEN_IDENTIFIER_CHARS.search(value):
+        raise ValueError("must not contain '/', '+', '#', whitespace or control characters")
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Identifier = Annotated[str, AfterValidator(check_identifier)]
+UtcDateTime = Annotated[
+    datetime, AfterValidator(_as_utc), PlainSerializer(_rfc3339, return_type=str, when_used="json")
+]
+
+
+def utc_now() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class _WireModel(BaseModel):
+    # Readers ignore fields they do not know, so a newer producer does not break older consumers.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CommandMessage(_WireModel):
+    """A command on the commands topic (``kind = "command"``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal[MessageKind.COMMAND] = MessageKind.COMMAND
+    request_id: str
+    device_id: Identifier
+    command_type: Identifier
+    payload: dict[str, Any] = Field(default_factory=dict)
+    protocol: Protocol
+    parser_script_ref: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    confirmable: bool | None = None
+    timeout_seconds: float | None = None
+    created_at: UtcDateTime
+    expires_at: UtcDateTime | None = None
+
+
+class CancelMessage(_WireModel):
+    """A cancel control record, keyed like the command it cancels (``kind = "cancel"``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal[MessageKind.CANCEL] = MessageKind.CANCEL
+    request_id: str
+    device_id: Identifier
+
+
+class StatusEvent(_WireModel):
+    """A status change on the results topic, keyed by ``request_id``."""
+
+    schema_version: int = SCHEMA_VERSION
+    request_id: str
+    device_id: str
+    status: CommandStatus
+    occurred_at: UtcDateTime
+    source: str
+    detail: str | None = None
+    result: Any = None
+
+
+def command_headers(
+    message: CommandMessage, traceparent: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Kafka headers for a command record, as the contract lists them."""
+    headers = [
+        (HEADER_KIND, message.kind.value.encode()),
+        (HEADER_PROTOCOL, message.protocol.value.encode()),
+        (HEADER_REQUEST_ID, message.request_id.encode()),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
+    ]
+    if traceparent:
+        headers.append((HEADER_TRACEPARENT, traceparent.encode()))
+    return headers

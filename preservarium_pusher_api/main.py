@@ -1,0 +1,120 @@
+"""Application factory: ``create_app(settings)`` wires services, routes and middleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from slowapi import Limiter
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from preservarium_pusher_api.api.dependencies import (
+    ApiKeyChecker,
+    build_auth_dependency,
+    key_fingerprint,
+)
+from preservarium_pusher_api.api.errors import install_error_handlers
+from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from preservarium_pusher_api.api.v1 import commands, health, monitoring
+from preservarium_pusher_api.core.config import Settings, split_csv
+from preservarium_pusher_api.services.kafka_service import KafkaService
+from preservarium_pusher_api.services.pusher_service import PusherService
+from preservarium_pusher_api.utils.metrics import PusherMetrics
+
+DESCRIPTION = """
+Send commands to lab devices (Opentrons OT-2, Pico W over MQTT, CoAP sensors) over HTTP.
+Each accepted command is produced to Kafka (key = `device_id`) and delivered by a protocol
+connector. Errors always use one JSON shape: `{error, type, details, request_id}`.
+"""
+
+
+def build_limiter(settings: Settings, checker: ApiKeyChecker) -> Limiter:
+    """slowapi limiter keyed by API key when auth is on, else by client address.
+
+    The client address is the socket peer, or the forwarded one only when the peer is a
+    trusted proxy (``TRUSTED_PROXIES``, applied by the proxy-headers middleware).
+    """
+
+    def rate_limit_key(request: Request) -> str:
+        if settings.enable_auth:
+            presented = request.headers.get(settings.api_key_header)
+            if presented and checker.accepts(presented):
+                return "key:" + key_fingerprint(presented)
+        return "ip:" + (request.client.host if request.client else "unknown")
+
+    return Limiter(
+        key_func=rate_limit_key,
+        storage_uri=settings.rate_limit_storage_uri,
+        enabled=settings.rate_limit is not None,
+        headers_enabled=False,
+        in_memory_fallback_enabled=True,
+        key_prefix="pusher",
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; services start and stop with the app's lifespan.
+
+    Args:
+        settings: injected settings; read from the environment when omitted.
+
+    Raises:
+        ConfigurationError: e.g. ``ENABLE_AUTH`` without any API key.
+    """
+    settings = settings or Settings()
+    checker = ApiKeyChecker(settings.load_api_keys())
+    metrics = PusherMetrics()
+    kafka = KafkaService(settings, metrics)
+    pusher = PusherService(settings, kafka, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await kafka.start()
+        try:
+            yield
+        finally:
+            await kafka.stop()
+
+    app = FastAPI(
+        title=settings.api_title,
+        version=settings.api_version,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.kafka = kafka
+    app.state.pusher = pusher
+    install_error_handlers(app)
+
+    limiter = build_limiter(settings, checker)
+    app.state.limiter = limiter
+    auth = Depends(build_auth_dependency(settings, checker))
+    app.include_router(health.router)
+    app.include_router(commands.build_router(limiter, settings.rate_limit), dependencies=[auth])
+    app.include_router(monitoring.status_router, dependencies=[auth])
+    app.include_router(monitoring.metrics_router)
+
+    _add_middleware(app, settings, metrics)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: PusherMetrics) -> None:
+    # Added innermost first: a request passes RequestContext -> proxy headers -> body
+    # limit -> CORS -> routes (rate limits are applied on the command routes themselves).
+    origins = split_csv(settings.cors_origins)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", settings.api_key_header, "X-Request-ID", "traceparent"],
+            expose_headers=["Location", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    trusted = split_csv(settings.trusted_proxies)
+    if trusted:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -1,0 +1,254 @@
+"""Business logic: turn validated requests into Kafka command records and report the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from pydantic_core import to_json
+
+from preservarium_pusher_api.contract import CommandMessage, command_headers, utc_now
+from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.core.exceptions import (
+    KafkaUnavailableError,
+    PayloadTooLargeError,
+    PusherError,
+)
+from preservarium_pusher_api.core.models import (
+    BatchCommandResponse,
+    CommandRequest,
+    CommandResponse,
+    ServiceStatus,
+)
+from preservarium_pusher_api.services.kafka_service import (
+    KafkaService,
+    OutgoingRecord,
+    map_kafka_error,
+)
+from preservarium_pusher_api.utils.metrics import PusherMetrics
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "preservarium-pusher-api"
+
+
+def build_message(request: CommandRequest, request_id: str) -> CommandMessage:
+    """The contract record for an already validated request."""
+    created_at = utc_now()
+    expires_at = (
+        created_at + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+    )
+    # model_construct: every field was validated by CommandRequest already.
+    return CommandMessage.model_construct(
+        request_id=request_id,
+        device_id=request.device_id,
+        command_type=request.command_type,
+        payload=request.payload,
+        protocol=request.protocol,
+        parser_script_ref=request.parser_script_ref,
+        metadata=request.metadata or {},
+        qos=1 if request.qos is None else request.qos,
+        retain=bool(request.retain),
+        confirmable=request.confirmable,
+        timeout_seconds=request.timeout_seconds,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+
+
+class PusherService:
+    """Validates sizes, produces commands and keeps the counters behind ``/api/v1/status``."""
+
+    def __init__(self, settings: Settings, kafka: KafkaService, metrics: PusherMetrics) -> None:
+        self._settings = settings
+        self._kafka = kafka
+        self._metrics = metrics
+        self._started = time.monotonic()
+        self.commands_processed = 0
+
+    def check_payload_sizes(self, commands: Sequence[CommandRequest]) -> None:
+        """Reject the request if any command's serialized payload exceeds the limit.
+
+        Raises:
+            PayloadTooLargeError: naming every offending item, before anything is produced.
+        """
+        limit = self._settings.max_payload_bytes
+        details = []
+        for index, command in enumerate(commands):
+            size = len(to_json(command.payload))
+            if size > limit:
+                details.append({"index": index, "payload_bytes": size, "limit_bytes": limit})
+        if details:
+            raise PayloadTooLargeError(
+                f"serialized payload exceeds MAX_PAYLOAD_BYTES ({limit} bytes)", details=details
+            )
+
+    def _record(self, message: CommandMessage, traceparent: str | None) -> OutgoingRecord:
+        return OutgoingRecord(
+            topic=self._settings.kafka_command_topic,
+            key=message.device_id.encode(),
+            value=message.model_dump_json().encode(),
+            headers=command_headers(message, traceparent),
+        )
+
+    async def push_command(
+        self, request: CommandRequest, traceparent: str | None = None
+    ) -> CommandResponse:
+        """Produce one command and wait for Kafka's acknowledgement.
+
+        Raises:
+            PayloadTooLargeError, KafkaUnavailableError, CommandRejectedError.
+        """
+        self.check_payload_sizes([request])
+        message = build_message(request, str(uuid.uuid4()))
+        started = time.perf_counter()
+        try:
+            future = await asyncio.wait_for(
+                self._kafka.enqueue(self._record(message, traceparent)),
+                self._settings.kafka_producer_timeout,
+            )
+            remaining = self._settings.kafka_producer_timeout - (time.perf_counter() - started)
+            metadata = await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
+        except PusherError as error:
+            self._count(message, error)
+            raise
+        except (KafkaError, TimeoutError) as exc:
+            failure = self._failure(exc)
+            self._count(message, failure)
+            raise failure from exc
+        return self._accepted(message, metadata, time.perf_counter() - started)
+
+    async def push_commands_batch(
+        self, requests: Sequence[CommandRequest], traceparent: str | None = None
+    ) -> BatchCommandResponse:
+        """Produce every command first, then await all acknowledgements together.
+
+        Items Kafka refuses are reported failed; the others are accepted. If Kafka is
+        known to be down, nothing is produced and ``KafkaUnavailableError`` is raised.
+        """
+        self.check_payload_sizes(requests)
+        self._metrics.batch_size.observe(len(requests))
+        if not self._kafka.connected:
+            raise KafkaUnavailableError(
+                "Kafka is unavailable; no command was accepted", retry_after=self._kafka.retry_after
+            )
+        started = time.perf_counter()
+        deadline = started + self._settings.kafka_producer_timeout
+        messages = [build_message(request, str(uuid.uuid4())) for request in requests]
+        pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
+        for message in messages:
+            pending.append(await self._enqueue_until(message, traceparent, deadline))
+        futures = [item for item in pending if isinstance(item, asyncio.Future)]
+        if futures:
+            await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.001))
+        results = [
+            self._settle(message, item, started)
+            for message, item in zip(messages, pending, strict=True)
+        ]
+        successful = sum(result.success for result in results)
+        if not successful and all(r.error_type == KafkaUnavailableError.__name__ for r in results):
+            raise KafkaUnavailableError(
+                "Kafka is unavailable; no command was accepted", retry_after=self._kafka.retry_after
+            )
+        return BatchCommandResponse(
+            total_commands=len(results),
+            successful=successful,
+            failed=len(results) - successful,
+            results=results,
+        )
+
+    async def _enqueue_until(
+        self, message: CommandMessage, traceparent: str | None, deadline: float
+    ) -> asyncio.Future[RecordMetadata] | PusherError:
+        try:
+            return await asyncio.wait_for(
+                self._kafka.enqueue(self._record(message, traceparent)),
+                max(deadline - time.perf_counter(), 0.001),
+            )
+        except PusherError as error:
+            return error
+        except TimeoutError as exc:
+            return self._failure(exc)
+
+    def _settle(
+        self,
+        message: CommandMessage,
+        item: asyncio.Future[RecordMetadata] | PusherError,
+        started: float,
+    ) -> CommandResponse:
+        if isinstance(item, asyncio.Future):
+            if item.done() and item.exception() is None:
+                return self._accepted(message, item.result(), time.perf_counter() - started)
+            exc = item.exception() if item.done() else TimeoutError()
+            error = self._failure(exc or TimeoutError())
+        else:
+            error = item
+        self._count(message, error)
+        return CommandResponse(
+            success=False,
+            request_id=message.request_id,
+            message=error.message,
+            timestamp=utc_now(),
+            error_type=error.error_type,
+        )
+
+    def _failure(self, exc: BaseException) -> PusherError:
+        self._kafka.note_failure(exc)
+        mapped = map_kafka_error(exc, self._kafka.retry_after)
+        assert isinstance(mapped, PusherError)
+        return mapped
+
+    def _accepted(
+        self, message: CommandMessage, metadata: RecordMetadata, elapsed: float
+    ) -> CommandResponse:
+        self.commands_processed += 1
+        self._metrics.produce_latency.observe(elapsed)
+        self._metrics.commands.labels(message.protocol.value, "accepted").inc()
+        log.info(
+            "command accepted",
+            request_id=message.request_id,
+            device_id=message.device_id,
+            command_type=message.command_type,
+            protocol=message.protocol.value,
+            partition=metadata.partition,
+            offset=metadata.offset,
+        )
+        return CommandResponse(
+            success=True,
+            request_id=message.request_id,
+            message="Command accepted",
+            timestamp=message.created_at,
+            partition=metadata.partition,
+            offset=metadata.offset,
+        )
+
+    def _count(self, message: CommandMessage, error: PusherError) -> None:
+        outcome = "unavailable" if isinstance(error, KafkaUnavailableError) else "rejected"
+        self._metrics.commands.labels(message.protocol.value, outcome).inc()
+        log.warning(
+            "command not accepted",
+            request_id=message.request_id,
+            device_id=message.device_id,
+            command_type=message.command_type,
+            protocol=message.protocol.value,
+            error_type=error.error_type,
+        )
+
+    def status(self) -> ServiceStatus:
+        """Snapshot for ``GET /api/v1/status``."""
+        uptime = time.monotonic() - self._started
+        return ServiceStatus(
+            service=SERVICE_NAME,
+            version=self._settings.api_version,
+            kafka_connected=self._kafka.connected,
+            uptime=str(timedelta(seconds=int(uptime))),
+            uptime_seconds=round(uptime, 3),
+            commands_processed=self.commands_processed,
+            last_error=self._kafka.last_error,
+        )
