@@ -6,6 +6,7 @@ implement the idempotent producer, so clients set ``KAFKA_ENABLE_IDEMPOTENCE=fal
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import tempfile
@@ -52,9 +53,9 @@ class EmbeddedKafka:
         self.host = host
         self.port = port or free_port(host)
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(
-            prefix="embedded-kafka-", suffix=".log", delete=False
-        )
+        handle, name = tempfile.mkstemp(prefix="embedded-kafka-", suffix=".log")
+        os.close(handle)
+        self._log_path = Path(name)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -64,7 +65,7 @@ class EmbeddedKafka:
     @property
     def log_path(self) -> Path:
         """File that receives the broker's output."""
-        return Path(self._log.name)
+        return self._log_path
 
     def logs(self) -> str:
         """Everything the broker printed so far."""
@@ -77,12 +78,13 @@ class EmbeddedKafka:
             RuntimeError: the broker exited or did not listen in time (its log is included).
         """
         url = f"tcp://{self.host}:{self.port}"
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self._log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+                [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if not wait_for_port(self.host, self.port, timeout) or self._process.poll() is not None:
             self.stop()
             raise RuntimeError(f"embedded Kafka broker did not start:\n{self.logs()[-2000:]}")

@@ -1,0 +1,165 @@
+"""Shared fixtures: a Kafka to talk to, settings with unique topics, a live API server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port
+from preservarium_pusher_api.main import create_app
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where the tests' Kafka is and what it supports."""
+
+    bootstrap_servers: str
+    idempotence: bool
+    kind: str
+
+
+def _docker_engine_answers() -> bool:
+    """True when a Docker engine answers ``GET /_ping`` on its socket (DOCKER_HOST or default)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = host.removeprefix("unix://")
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            netloc = host.split("://", 1)[-1]
+            address = (netloc.rsplit(":", 1)[0], int(netloc.rsplit(":", 1)[1]))
+        with sock:
+            sock.settimeout(3)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(256)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaTarget]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else testcontainers Kafka, else the embedded broker."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield KafkaTarget(external, idempotence=True, kind="external")
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+
+        with KafkaContainer() as container:
+            yield KafkaTarget(container.get_bootstrap_server(), idempotence=True, kind="docker")
+        return
+    broker = EmbeddedKafka().start()
+    try:
+        yield KafkaTarget(broker.bootstrap_servers, idempotence=False, kind="embedded")
+    except BaseException:
+        print(f"--- embedded broker log ({broker.log_path}) ---\n{broker.logs()[-4000:]}")
+        raise
+    finally:
+        broker.stop()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(kafka: KafkaTarget) -> SettingsFactory:
+    """Settings pointing at the test Kafka, with topics unique to the test."""
+    suffix = uuid.uuid4().hex[:12]
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": kafka.bootstrap_servers,
+            "kafka_enable_idempotence": kafka.idempotence,
+            "kafka_command_topic": f"commands-{suffix}",
+            "kafka_result_topic": f"results-{suffix}",
+            "kafka_topic_partitions": 3,
+            "kafka_producer_timeout": 5.0,
+            "kafka_health_interval": 0.5,
+            "rate_limit": None,
+            "api_port": 0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return factory
+
+
+@dataclass
+class LiveApi:
+    """A running API: its settings, base URL and an HTTP client."""
+
+    settings: Settings
+    base_url: str
+    client: httpx.AsyncClient
+    app: Any
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, wait_for_kafka: bool = True) -> AsyncIterator[LiveApi]:
+    """Run ``create_app(settings)`` under uvicorn on a free port in this event loop."""
+    port = free_port()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+            if wait_for_kafka:
+                await app.state.kafka.wait_connected()
+        base_url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            yield LiveApi(settings, base_url, client, app)
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def api(make_settings: SettingsFactory) -> AsyncIterator[LiveApi]:
+    """The API with default test settings, connected to Kafka."""
+    async with serve(make_settings()) as live:
+        yield live
+
+
+def command(**overrides: Any) -> dict[str, Any]:
+    """A valid command body, with overrides."""
+    body: dict[str, Any] = {
+        "device_id": "pico-w-lab-001",
+        "command_type": "control_led",
+        "payload": {"pin": 25, "state": True},
+        "protocol": "mqtt",
+    }
+    body.update(overrides)
+    return body
+
+
+def assert_error_shape(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response has ``status`` and the one JSON error shape; returns the body."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error", "type", "details", "request_id"}, body
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["type"], str) and body["type"]
+    assert isinstance(body["details"], list)
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
