@@ -17,7 +17,8 @@ from preservarium_pusher_api.utils.logging import configure_logging
 FACTORY = "preservarium_pusher_api.main:create_app"
 
 
-def _uvicorn_options(settings: Settings) -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """uvicorn settings shared by `pusher api`, `pusher dev` and the tests."""
     # Forwarded headers are handled by the app (TRUSTED_PROXIES), never trusted by default.
     return {
         "host": settings.api_host,
@@ -35,7 +36,7 @@ def run_api(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"api_host": args.host, "api_port": args.port}.items() if v}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
-    options = _uvicorn_options(settings)
+    options = uvicorn_options(settings)
     if args.workers > 1:
         # Each worker builds its settings from the same environment.
         uvicorn.run(FACTORY, factory=True, workers=args.workers, **options)  # type: ignore[arg-type]

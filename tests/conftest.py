@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from preservarium_pusher_api.cli import uvicorn_options
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port
 from preservarium_pusher_api.main import create_app
@@ -57,7 +58,7 @@ def kafka() -> Iterator[KafkaTarget]:
         yield KafkaTarget(external, idempotence=True, kind="external")
         return
     if _docker_engine_answers():
-        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+        from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
             yield KafkaTarget(container.get_bootstrap_server(), idempotence=True, kind="docker")
@@ -113,9 +114,8 @@ async def serve(settings: Settings, wait_for_kafka: bool = True) -> AsyncIterato
     """Run ``create_app(settings)`` under uvicorn on a free port in this event loop."""
     port = free_port()
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
+    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": port}
+    config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -105,9 +105,9 @@ async def test_same_device_keeps_order_in_one_partition(api: LiveApi) -> None:
         api.settings.kafka_bootstrap_servers, api.settings.kafka_command_topic, 10
     )
     assert len({r.partition for r in records}) == 1
-    assert [value_of(r)["payload"]["step"] for r in sorted(records, key=lambda r: r.offset)] == list(
-        range(10)
-    )
+    assert [
+        value_of(r)["payload"]["step"] for r in sorted(records, key=lambda r: r.offset)
+    ] == list(range(10))
 
 
 async def test_batch_partial_failure_marks_only_refused_items(
@@ -131,9 +131,13 @@ async def test_batch_partial_failure_marks_only_refused_items(
         assert failed["error_type"] == "CommandRejectedError"
         assert "MessageSizeTooLarge" in failed["message"]
 
-        records = await read_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic, 2)
+        records = await read_records(
+            settings.kafka_bootstrap_servers, settings.kafka_command_topic, 2
+        )
         assert sorted(r.key for r in records) == [b"small-1", b"small-2"]
-        assert await count_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic) == 2
+        assert (
+            await count_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic) == 2
+        )
 
         single = await api.client.post(
             "/api/v1/commands", json=command(payload={"blob": "x" * 8000})

@@ -75,7 +75,9 @@ INVALID_COMMANDS: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(
-    ("body", "field"), [(b, f) for _, b, f in INVALID_COMMANDS], ids=[i for i, _, _ in INVALID_COMMANDS]
+    ("body", "field"),
+    [(b, f) for _, b, f in INVALID_COMMANDS],
+    ids=[i for i, _, _ in INVALID_COMMANDS],
 )
 async def test_invalid_command_is_422_naming_the_field(
     strict_api: LiveApi, body: dict[str, Any], field: str

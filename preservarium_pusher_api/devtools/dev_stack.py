@@ -6,7 +6,7 @@ import sys
 
 import uvicorn
 
-from preservarium_pusher_api.cli import _uvicorn_options
+from preservarium_pusher_api.cli import uvicorn_options
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka
 from preservarium_pusher_api.main import create_app
@@ -45,7 +45,7 @@ async def run_dev_stack(api_host: str, api_port: int, kafka_port: int | None) ->
         )
         configure_logging(settings.log_level, settings.log_format)
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))  # type: ignore[arg-type]
+        server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))  # type: ignore[arg-type]
         print(BANNER.format(api=f"{api_host}:{api_port}", kafka=broker.bootstrap_servers))
         await server.serve()
         return 0 if server.started else 1

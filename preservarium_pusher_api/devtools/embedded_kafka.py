@@ -80,7 +80,14 @@ class EmbeddedKafka:
         url = f"tcp://{self.host}:{self.port}"
         with self._log_path.open("ab") as log_file:
             self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
-                [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [
+                    broker_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -84,6 +84,7 @@ class KafkaService:
         self._connected = False
         self._wake = asyncio.Event()
         self._reachable = asyncio.Event()
+        self._topics_ready = False
         self.last_error: str | None = None
 
     @property
@@ -128,8 +129,10 @@ class KafkaService:
         except (KafkaError, TimeoutError, OSError) as exc:
             self._mark_unavailable(exc)
             return False
-        self._set_connected(True)
-        return True
+        if not self._topics_ready:
+            await self._recover_topics()
+        self._set_connected(self._topics_ready)
+        return self._topics_ready
 
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[RecordMetadata]:
         """Hand a record to the producer's buffer; the future resolves on the broker's ack.
@@ -191,6 +194,7 @@ class KafkaService:
             await asyncio.wait_for(producer.start(), settings.kafka_producer_timeout)
             if settings.kafka_create_topics:
                 await self._ensure_topics()
+            self._topics_ready = True
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -198,6 +202,17 @@ class KafkaService:
         self._producer = producer
         self._set_connected(True)
         log.info("kafka connected", bootstrap_servers=settings.kafka_bootstrap_servers)
+
+    async def _recover_topics(self) -> None:
+        # The cluster came back: a rebuilt or in-memory broker may have lost the topics, and
+        # records produced before they exist again could be lost, so stay unready until then.
+        try:
+            if self._settings.kafka_create_topics:
+                await self._ensure_topics()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            self._mark_unavailable(exc)
+            return
+        self._topics_ready = True
 
     async def _ensure_topics(self) -> None:
         settings = self._settings
@@ -235,6 +250,7 @@ class KafkaService:
     def _mark_unavailable(self, exc: BaseException) -> None:
         was_connected = self._connected
         self.last_error = f"kafka: {type(exc).__name__}: {exc}"[:500]
+        self._topics_ready = False
         self._set_connected(False)
         if was_connected:
             log.warning("kafka unavailable", error_type=type(exc).__name__)

@@ -58,6 +58,8 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] = "js
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiokafka's DEBUG lines print whole record values (command payloads): never below INFO.
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, root.level))
     # The API logs one access line per request itself, with the route template.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
