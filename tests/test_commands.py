@@ -55,7 +55,7 @@ async def test_single_command_is_acknowledged_and_on_the_wire(api: LiveApi) -> N
 
 
 async def test_defaults_and_malformed_traceparent(api: LiveApi) -> None:
-    """Without options the record gets qos 1, no expiry; a malformed traceparent is not forwarded."""
+    """Defaults: qos 1, no expiry; a malformed traceparent or X-Request-ID is not passed on."""
     response = await api.client.post(
         "/api/v1/commands",
         json=command(protocol="coap", confirmable=True),

@@ -1,0 +1,35 @@
+# Preservarium Pusher — developer entry points.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: dev test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+dev: $(STAMP)  ## embedded Kafka-compatible broker + API (ARGS="--api-port 8080")
+	$(BIN)/pusher dev $(ARGS)
+
+lint: $(STAMP)  ## ruff (format + lint) and mypy
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint  ## the whole suite, integration tests included
+	$(BIN)/pytest $(ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)  ## load test; writes docs/benchmarks.md
+	$(BIN)/python bench/run_bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
