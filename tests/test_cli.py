@@ -1,0 +1,158 @@
+"""The `pusher` command as a user runs it: real processes, real ports, README examples."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from preservarium_pusher_api.devtools.embedded_kafka import free_port, wait_for_port
+from tests.conftest import KafkaTarget
+from tests.kafka_helpers import read_records, value_of
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+PUSHER = str(Path(sys.executable).with_name("pusher"))
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Poll /health/ready until 200; fail with the process output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"process exited early:\n{process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{base_url}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("service did not become ready")
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
+    """Send ``sig``, wait for exit and return everything the process printed."""
+    process.send_signal(sig)
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"process did not stop on signal {sig}:\n{output}") from None
+    return output
+
+
+@pytest.fixture
+def api_env(kafka: KafkaTarget) -> Iterator[dict[str, str]]:
+    """Environment for a `pusher api` process against the test Kafka, unique topic."""
+    topic = f"cli-{os.urandom(6).hex()}"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KAFKA_ENABLE_IDEMPOTENCE": str(kafka.idempotence).lower(),
+        "KAFKA_COMMAND_TOPIC": topic,
+        "KAFKA_RESULT_TOPIC": f"{topic}-results",
+        "API_PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+    }
+    yield env
+
+
+@pytest.mark.parametrize(
+    "argv", [[PUSHER, "api"], [sys.executable, "-m", "preservarium_pusher_api"]]
+)
+async def test_pusher_api_serves_from_env_and_logs_json(
+    api_env: dict[str, str], argv: list[str]
+) -> None:
+    """`pusher api` honours API_PORT and Kafka settings, logs JSON lines and stops on SIGTERM."""
+    process = subprocess.Popen(
+        argv, env=api_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    base_url = f"http://127.0.0.1:{api_env['API_PORT']}"
+    try:
+        wait_ready(base_url, process)
+        body = {"device_id": "cli-dev", "command_type": "ping", "protocol": "http"}
+        response = httpx.post(f"{base_url}/api/v1/commands", json=body, timeout=10)
+        assert response.status_code == 202
+    finally:
+        output = stop(process, signal.SIGTERM)
+    # uvicorn re-raises SIGTERM after its graceful shutdown.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    [record] = await read_records(
+        api_env["KAFKA_BOOTSTRAP_SERVERS"], api_env["KAFKA_COMMAND_TOPIC"], 1
+    )
+    assert record.key == b"cli-dev"
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    accepted = [line for line in lines if line.get("event") == "command accepted"]
+    assert accepted and accepted[0]["request_id"] == response.json()["request_id"]
+    assert all("timestamp" in line and "level" in line for line in lines)
+
+
+def test_auth_without_keys_exits_with_a_clear_message(api_env: dict[str, str]) -> None:
+    """`pusher api` refuses to start with ENABLE_AUTH but no key, naming the problem."""
+    result = subprocess.run(
+        [PUSHER, "api"],
+        env={**api_env, "ENABLE_AUTH": "true", "API_KEYS": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no API key" in result.stderr
+
+
+def readme_curl_examples() -> list[str]:
+    """Every ```bash block of the README that calls curl."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [block for block in blocks if block.lstrip().startswith("curl")]
+
+
+async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly() -> None:
+    """`pusher dev` serves the README curl examples (202 + request ids, records keyed by device)."""
+    examples = readme_curl_examples()
+    assert len(examples) >= 2
+    api_port, kafka_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    base_url = f"http://127.0.0.1:{api_port}"
+    expected_devices: list[str] = []
+    try:
+        wait_ready(base_url, process)
+        for example in examples:
+            script = example.replace("localhost:8000", f"127.0.0.1:{api_port}")
+            result = subprocess.run(
+                ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
+            )
+            answer = json.loads(result.stdout)
+            items = answer["results"] if "results" in answer else [answer]
+            assert all(item["success"] and item["request_id"] for item in items), answer
+            expected_devices += re.findall(r'"device_id": "([^"]+)"', example)
+        records = await read_records(
+            f"127.0.0.1:{kafka_port}", "device_commands", len(expected_devices)
+        )
+        assert sorted(r.key.decode() for r in records if r.key) == sorted(expected_devices)
+        assert all(value_of(r)["device_id"] == r.key.decode() for r in records if r.key)
+    finally:
+        output = stop(process, signal.SIGINT)
+    assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
+    assert not wait_for_port("127.0.0.1", kafka_port, timeout=0.5), "broker left running"
+    assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
