@@ -1,4 +1,7 @@
-"""FastAPI dependencies, defined once and used by the routes through ``Annotated`` aliases."""
+"""FastAPI dependencies, defined once and used by the routes through ``Annotated`` aliases.
+
+They are ``async`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool.
+"""
 
 from __future__ import annotations
 
@@ -17,25 +20,25 @@ from preservarium_pusher_api.services.pusher_service import PusherService
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """Settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_pusher(request: Request) -> PusherService:
+async def get_pusher(request: Request) -> PusherService:
     """The command service of this app."""
     pusher: PusherService = request.app.state.pusher
     return pusher
 
 
-def get_kafka(request: Request) -> KafkaService:
+async def get_kafka(request: Request) -> KafkaService:
     """The Kafka producer service of this app."""
     kafka: KafkaService = request.app.state.kafka
     return kafka
 
 
-def get_metrics(request: Request) -> PusherMetrics:
+async def get_metrics(request: Request) -> PusherMetrics:
     """The metrics registry of this app."""
     metrics: PusherMetrics = request.app.state.metrics
     return metrics

@@ -57,7 +57,9 @@ class RequestContextMiddleware:
         method = scope["method"]
         self.metrics.http_requests.labels(method, template, str(status_code)).inc()
         self.metrics.http_duration.labels(method, template).observe(elapsed)
-        log.info(
+        # Successful requests are at DEBUG: command routes log their own INFO line per
+        # command, and a second line per request would double the logging cost.
+        (log.info if status_code >= 400 else log.debug)(
             "http request",
             method=method,
             route=template,

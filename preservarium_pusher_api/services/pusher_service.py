@@ -109,12 +109,10 @@ class PusherService:
         message = build_message(request, str(uuid.uuid4()))
         started = time.perf_counter()
         try:
-            future = await asyncio.wait_for(
-                self._kafka.enqueue(self._record(message, traceparent)),
-                self._settings.kafka_producer_timeout,
-            )
-            remaining = self._settings.kafka_producer_timeout - (time.perf_counter() - started)
-            metadata = await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
+            async with asyncio.timeout(self._settings.kafka_producer_timeout):
+                future = await self._kafka.enqueue(self._record(message, traceparent))
+                # shield: a timeout here must not cancel the record inside the producer.
+                metadata = await asyncio.shield(future)
         except PusherError as error:
             self._count(message, error)
             raise
@@ -142,8 +140,14 @@ class PusherService:
         deadline = started + self._settings.kafka_producer_timeout
         messages = [build_message(request, str(uuid.uuid4())) for request in requests]
         pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
-        for message in messages:
-            pending.append(await self._enqueue_until(message, traceparent, deadline))
+        try:
+            async with asyncio.timeout(self._settings.kafka_producer_timeout):
+                for message in messages:
+                    pending.append(await self._enqueue_or_error(message, traceparent))
+        except TimeoutError as exc:
+            # Items not handed to the producer in time fail; those handed over are awaited.
+            timed_out = self._failure(exc)
+            pending += [timed_out] * (len(messages) - len(pending))
         futures = [item for item in pending if isinstance(item, asyncio.Future)]
         if futures:
             await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.001))
@@ -163,18 +167,13 @@ class PusherService:
             results=results,
         )
 
-    async def _enqueue_until(
-        self, message: CommandMessage, traceparent: str | None, deadline: float
+    async def _enqueue_or_error(
+        self, message: CommandMessage, traceparent: str | None
     ) -> asyncio.Future[RecordMetadata] | PusherError:
         try:
-            return await asyncio.wait_for(
-                self._kafka.enqueue(self._record(message, traceparent)),
-                max(deadline - time.perf_counter(), 0.001),
-            )
+            return await self._kafka.enqueue(self._record(message, traceparent))
         except PusherError as error:
             return error
-        except TimeoutError as exc:
-            return self._failure(exc)
 
     def _settle(
         self,

@@ -37,6 +37,7 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] = "js
 
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # drop disabled levels before any work
             *_SHARED_PROCESSORS,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
