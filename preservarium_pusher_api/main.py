@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 from slowapi import Limiter
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -54,6 +55,9 @@ def build_limiter(settings: Settings, checker: ApiKeyChecker) -> Limiter:
     )
 
 
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; services start and stop with the app's lifespan.
 
@@ -82,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=settings.api_version,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Off unless asked for: the check for a configured provider costs on every request.
+        telemetry=None if settings.otel_enabled else TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import structlog
 
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import ConfigurationError
@@ -139,8 +140,7 @@ async def test_logs_carry_ids_but_never_keys_or_payload_values(
 ) -> None:
     """JSON log lines name request and device, never the API key or payload values."""
     stream = io.StringIO()
-    configure_logging("DEBUG", "json")
-    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    configure_logging("DEBUG", "json", stream=stream)
     secret_value = "payload-secret-4242"
     settings = make_settings(enable_auth=True, api_keys=KEY_A)
     try:
@@ -155,6 +155,7 @@ async def test_logs_carry_ids_but_never_keys_or_payload_values(
             )
     finally:
         logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
     assert accepted.status_code == 202 and refused.status_code == 401
     output = stream.getvalue()
     assert KEY_A not in output and KEY_B not in output

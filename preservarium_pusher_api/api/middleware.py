@@ -12,9 +12,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
-log = structlog.get_logger("preservarium_pusher_api.access")
+log = get_logger("preservarium_pusher_api.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Honour a caller's id only if it is safe to log and echo: short, printable, no spaces.

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     kafka_result_topic: str = DEFAULT_RESULT_TOPIC
     kafka_producer_timeout: float = Field(10.0, gt=0, le=300)
     kafka_enable_idempotence: bool = True
-    kafka_linger_ms: int = Field(1, ge=0, le=1000)
+    kafka_linger_ms: int = Field(0, ge=0, le=1000)
     kafka_max_request_size: int = Field(1_048_576, ge=1024)
     kafka_compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     kafka_client_id: str = "preservarium-pusher-api"
@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # FastAPI's built-in OpenTelemetry spans/metrics; needs an OpenTelemetry SDK configured.
+    otel_enabled: bool = False
 
     # Security and limits
     enable_auth: bool = False

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -25,9 +24,10 @@ from aiokafka.structs import RecordMetadata
 from preservarium_pusher_api.contract import dlq_topic
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import CommandRejectedError, KafkaUnavailableError
+from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
 

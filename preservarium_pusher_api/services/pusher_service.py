@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
-import structlog
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from pydantic_core import to_json
@@ -31,11 +31,18 @@ from preservarium_pusher_api.services.kafka_service import (
     OutgoingRecord,
     map_kafka_error,
 )
+from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SERVICE_NAME = "preservarium-pusher-api"
+
+
+def new_request_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs from one read of the OS random source."""
+    entropy = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=entropy[i : i + 16], version=4)) for i in range(0, 16 * count, 16)]
 
 
 def build_message(request: CommandRequest, request_id: str) -> CommandMessage:
@@ -138,7 +145,8 @@ class PusherService:
             )
         started = time.perf_counter()
         deadline = started + self._settings.kafka_producer_timeout
-        messages = [build_message(request, str(uuid.uuid4())) for request in requests]
+        ids = new_request_ids(len(requests))
+        messages = [build_message(request, rid) for request, rid in zip(requests, ids, strict=True)]
         pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
         try:
             async with asyncio.timeout(self._settings.kafka_producer_timeout):
@@ -156,6 +164,15 @@ class PusherService:
             for message, item in zip(messages, pending, strict=True)
         ]
         successful = sum(result.success for result in results)
+        # One line per batch at INFO; the per-command lines are DEBUG (500 lines per
+        # request would cost more than producing the records). Failures stay WARNING.
+        log.info(
+            "batch accepted",
+            total_commands=len(results),
+            successful=successful,
+            failed=len(results) - successful,
+            devices=len({message.device_id for message in messages}),
+        )
         if not successful and all(r.error_type == KafkaUnavailableError.__name__ for r in results):
             raise KafkaUnavailableError(
                 "Kafka is unavailable; no command was accepted", retry_after=self._kafka.retry_after
@@ -183,7 +200,9 @@ class PusherService:
     ) -> CommandResponse:
         if isinstance(item, asyncio.Future):
             if item.done() and item.exception() is None:
-                return self._accepted(message, item.result(), time.perf_counter() - started)
+                return self._accepted(
+                    message, item.result(), time.perf_counter() - started, in_batch=True
+                )
             exc = item.exception() if item.done() else TimeoutError()
             error = self._failure(exc or TimeoutError())
         else:
@@ -204,12 +223,17 @@ class PusherService:
         return mapped
 
     def _accepted(
-        self, message: CommandMessage, metadata: RecordMetadata, elapsed: float
+        self,
+        message: CommandMessage,
+        metadata: RecordMetadata,
+        elapsed: float,
+        *,
+        in_batch: bool = False,
     ) -> CommandResponse:
         self.commands_processed += 1
         self._metrics.produce_latency.observe(elapsed)
         self._metrics.commands.labels(message.protocol.value, "accepted").inc()
-        log.info(
+        (log.debug if in_batch else log.info)(
             "command accepted",
             request_id=message.request_id,
             device_id=message.device_id,
