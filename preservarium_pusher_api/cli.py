@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,29 @@ def run_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tracker_command(args: argparse.Namespace) -> int:
+    """The status tracker alone (results topic → status store, deadline sweeper)."""
+    from preservarium_pusher_api.services.tracker import run_tracker
+
+    overrides = {"tracker_metrics_port": args.metrics_port} if args.metrics_port else {}
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    loop = asyncio.new_event_loop()
+    main_task = loop.create_task(run_tracker(settings))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        loop.run_until_complete(main_task)
+    except asyncio.CancelledError:
+        return 0
+    except ConfigurationError as exc:
+        print(f"pusher tracker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        loop.close()
+    return 0
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Embedded Kafka-compatible broker plus the API, stopped together on Ctrl-C."""
     from preservarium_pusher_api.devtools.dev_stack import run_dev_stack
@@ -69,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, help="port (default API_PORT)")
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.set_defaults(handler=run_api)
+
+    tracker = commands.add_parser(
+        "tracker", help="status tracker alone (when the API runs with TRACKER_ENABLED=false)"
+    )
+    tracker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics (default TRACKER_METRICS_PORT)"
+    )
+    tracker.set_defaults(handler=run_tracker_command)
 
     dev = commands.add_parser("dev", help="embedded Kafka-compatible broker + API for local use")
     dev.add_argument("--host", default="127.0.0.1", help="API bind address")

@@ -196,3 +196,19 @@ def command_headers(
     if traceparent:
         headers.append((HEADER_TRACEPARENT, traceparent.encode()))
     return headers
+
+
+def cancel_headers(message: CancelMessage, protocol: str | None) -> list[tuple[str, bytes]]:
+    """Kafka headers for a cancel control record.
+
+    ``protocol`` is the cancelled command's, so only its connector reads the record; when
+    it is not known the header is left out and every connector looks at the record.
+    """
+    headers = [
+        (HEADER_KIND, message.kind.value.encode()),
+        (HEADER_REQUEST_ID, message.request_id.encode()),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
+    ]
+    if protocol:
+        headers.insert(1, (HEADER_PROTOCOL, protocol.encode()))
+    return headers

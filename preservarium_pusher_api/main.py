@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,10 +20,22 @@ from preservarium_pusher_api.api.dependencies import (
 from preservarium_pusher_api.api.errors import install_error_handlers
 from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from preservarium_pusher_api.api.v1 import commands, health, monitoring
+from preservarium_pusher_api.api.v1 import status as status_routes
 from preservarium_pusher_api.core.config import Settings, split_csv
+from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.services.kafka_service import KafkaService
 from preservarium_pusher_api.services.pusher_service import PusherService
+from preservarium_pusher_api.services.status_service import (
+    QueuedWriter,
+    StatusComponents,
+    StatusNotifier,
+)
+from preservarium_pusher_api.services.status_store import StatusStore
+from preservarium_pusher_api.services.tracker import StatusTracker
+from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
+
+log = get_logger(__name__)
 
 DESCRIPTION = """
 Send commands to lab devices (Opentrons OT-2, Pico W over MQTT, CoAP sensors) over HTTP.
@@ -58,6 +71,19 @@ def build_limiter(settings: Settings, checker: ApiKeyChecker) -> Limiter:
 TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
+def build_status(settings: Settings, metrics: PusherMetrics) -> StatusComponents:
+    """Status store and its helpers for one app."""
+    store = StatusStore(settings.status_store_url, pool_size=settings.status_store_pool_size)
+    return StatusComponents(
+        store=store,
+        writer=QueuedWriter(store, metrics),
+        notifier=StatusNotifier(),
+        idempotency=IdempotencyService(
+            store, settings.idempotency_ttl_seconds, settings.kafka_producer_timeout
+        ),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; services start and stop with the app's lifespan.
 
@@ -71,15 +97,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     checker = ApiKeyChecker(settings.load_api_keys())
     metrics = PusherMetrics()
     kafka = KafkaService(settings, metrics)
-    pusher = PusherService(settings, kafka, metrics)
+    status = build_status(settings, metrics) if settings.status_store_enabled else None
+    pusher = PusherService(settings, kafka, metrics, status.writer if status else None)
+    tracker = (
+        StatusTracker(settings, status.store, metrics, status.notifier.notify)
+        if status is not None and settings.tracker_enabled
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await kafka.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            if status is not None:
+                await status.store.start()
+                stack.push_async_callback(status.store.stop)
+                status.writer.start()
+                stack.push_async_callback(status.writer.stop)
+                log.info("status store ready", url=status.store.describe())
+            await kafka.start()
+            stack.push_async_callback(kafka.stop)
+            if tracker is not None:
+                await tracker.start()
+                stack.push_async_callback(tracker.stop)
             yield
-        finally:
-            await kafka.stop()
 
     app = FastAPI(
         title=settings.api_title,
@@ -93,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.kafka = kafka
     app.state.pusher = pusher
+    app.state.status = status
+    app.state.tracker = tracker
     install_error_handlers(app)
 
     limiter = build_limiter(settings, checker)
@@ -100,6 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = Depends(build_auth_dependency(settings, checker))
     app.include_router(health.router)
     app.include_router(commands.build_router(limiter, settings.rate_limit), dependencies=[auth])
+    app.include_router(
+        status_routes.build_router(limiter, settings.rate_limit), dependencies=[auth]
+    )
     app.include_router(monitoring.status_router, dependencies=[auth])
     app.include_router(monitoring.metrics_router)
 

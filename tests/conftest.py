@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,8 +78,8 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(kafka: KafkaTarget) -> SettingsFactory:
-    """Settings pointing at the test Kafka, with topics unique to the test."""
+def make_settings(kafka: KafkaTarget, tmp_path: Path) -> SettingsFactory:
+    """Settings pointing at the test Kafka, with topics and a status store unique to the test."""
     suffix = uuid.uuid4().hex[:12]
 
     def factory(**overrides: Any) -> Settings:
@@ -92,6 +93,14 @@ def make_settings(kafka: KafkaTarget) -> SettingsFactory:
             "kafka_health_interval": 0.5,
             "rate_limit": None,
             "api_port": 0,
+            "status_store_url": f"sqlite+aiosqlite:///{tmp_path}/status.db",
+            "tracker_group_id": f"tracker-{suffix}",
+            # Most tests exercise the command path; status tests turn the tracker on.
+            "tracker_enabled": False,
+            "sweep_interval_seconds": 0.2,
+            "kafka_consumer_session_timeout_ms": 6000,
+            "kafka_consumer_heartbeat_interval_ms": 500,
+            "kafka_consumer_rebalance_timeout_ms": 300,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -55,7 +55,7 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
 
 
 @pytest.fixture
-def api_env(kafka: KafkaTarget) -> Iterator[dict[str, str]]:
+def api_env(kafka: KafkaTarget, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for a `pusher api` process against the test Kafka, unique topic."""
     topic = f"cli-{os.urandom(6).hex()}"
     env = {
@@ -66,6 +66,8 @@ def api_env(kafka: KafkaTarget) -> Iterator[dict[str, str]]:
         "KAFKA_RESULT_TOPIC": f"{topic}-results",
         "API_PORT": str(free_port()),
         "LOG_FORMAT": "json",
+        "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db",
+        "TRACKER_GROUP_ID": f"{topic}-tracker",
     }
     yield env
 
@@ -121,13 +123,14 @@ def readme_curl_examples() -> list[str]:
     return [block for block in blocks if block.lstrip().startswith("curl")]
 
 
-async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly() -> None:
+async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> None:
     """`pusher dev` serves the README curl examples (202 + request ids, records keyed by device)."""
     examples = readme_curl_examples()
     assert len(examples) >= 2
     api_port, kafka_port = free_port(), free_port()
     process = subprocess.Popen(
         [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port)],
+        env={**os.environ, "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

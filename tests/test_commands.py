@@ -55,7 +55,8 @@ async def test_single_command_is_acknowledged_and_on_the_wire(api: LiveApi) -> N
 
 
 async def test_defaults_and_malformed_traceparent(api: LiveApi) -> None:
-    """Defaults: qos 1, no expiry; a malformed traceparent or X-Request-ID is not passed on."""
+    """Defaults: qos 1, TTL and timeout from settings; a malformed traceparent or
+    X-Request-ID is not passed on."""
     response = await api.client.post(
         "/api/v1/commands",
         json=command(protocol="coap", confirmable=True),
@@ -68,7 +69,11 @@ async def test_defaults_and_malformed_traceparent(api: LiveApi) -> None:
     )
     assert "traceparent" not in headers_of(record)
     value = value_of(record)
-    assert (value["qos"], value["retain"], value["expires_at"]) == (1, False, None)
+    assert (value["qos"], value["retain"]) == (1, False)
+    created = datetime.fromisoformat(value["created_at"])
+    expires = datetime.fromisoformat(value["expires_at"])
+    assert (expires - created).total_seconds() == api.settings.default_ttl_seconds == 600
+    assert value["timeout_seconds"] == api.settings.default_timeout_seconds == 300
     assert value["confirmable"] is True and value["protocol"] == "coap"
 
 

@@ -210,4 +210,4 @@ async def test_batch_with_one_oversized_payload_is_413_and_produces_nothing(
 async def test_unknown_route_uses_error_shape(strict_api: LiveApi) -> None:
     """Unknown routes and wrong methods also answer in the error shape."""
     assert_error_shape(await strict_api.client.get("/api/v1/nope"), 404)
-    assert_error_shape(await strict_api.client.get("/api/v1/commands"), 405)
+    assert_error_shape(await strict_api.client.put("/api/v1/commands"), 405)

@@ -14,9 +14,13 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.core.exceptions import AuthenticationError
+from preservarium_pusher_api.core.exceptions import (
+    AuthenticationError,
+    StatusStoreUnavailableError,
+)
 from preservarium_pusher_api.services.kafka_service import KafkaService
 from preservarium_pusher_api.services.pusher_service import PusherService
+from preservarium_pusher_api.services.status_service import StatusComponents
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
 
@@ -44,7 +48,27 @@ async def get_metrics(request: Request) -> PusherMetrics:
     return metrics
 
 
+async def get_status(request: Request) -> StatusComponents:
+    """The status store and its helpers; 503 when the store is switched off."""
+    status: StatusComponents | None = request.app.state.status
+    if status is None:
+        raise StatusStoreUnavailableError(
+            "the status store is switched off (STATUS_STORE_ENABLED=false)"
+        )
+    return status
+
+
+def idempotency_scope(request: Request, settings: Settings) -> str:
+    """Idempotency keys are per API key when auth is on (keys of others never collide)."""
+    if settings.enable_auth:
+        presented = request.headers.get(settings.api_key_header)
+        if presented:
+            return key_fingerprint(presented)
+    return "-"
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StatusDep = Annotated[StatusComponents, Depends(get_status)]
 PusherDep = Annotated[PusherService, Depends(get_pusher)]
 KafkaDep = Annotated[KafkaService, Depends(get_kafka)]
 MetricsDep = Annotated[PusherMetrics, Depends(get_metrics)]

@@ -41,11 +41,28 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(6, ge=1)
     kafka_topic_replication_factor: int = Field(1, ge=1)
     kafka_health_interval: float = Field(2.0, gt=0)
+    kafka_consumer_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # How long a group join waits for the other members; short values speed up start-up.
+    kafka_consumer_rebalance_timeout_ms: int = Field(5_000, ge=100)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+
+    # Status store, tracker and deadlines
+    status_store_enabled: bool = True
+    status_store_url: str = "sqlite+aiosqlite:///./pusher-status.db"
+    status_store_pool_size: int = Field(5, ge=1, le=100)
+    tracker_enabled: bool = True
+    tracker_group_id: str = "pusher-status-tracker"
+    tracker_metrics_port: int = Field(0, ge=0, le=65535)
+    default_ttl_seconds: int | None = Field(600, gt=0)
+    default_timeout_seconds: float | None = Field(300.0, gt=0)
+    sweep_interval_seconds: float = Field(1.0, gt=0, le=3600)
+    long_poll_recheck_seconds: float = Field(1.0, gt=0, le=60)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
 
     # HTTP server
     api_title: str = "Preservarium Pusher API"
@@ -77,7 +94,14 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("rate_limit", "kafka_compression_type", "kafka_sasl_mechanism", mode="before")
+    @field_validator(
+        "rate_limit",
+        "kafka_compression_type",
+        "kafka_sasl_mechanism",
+        "default_ttl_seconds",
+        "default_timeout_seconds",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -69,3 +69,35 @@ class AuthenticationError(PusherError):
     """No API key, or one that is not accepted."""
 
     status_code = 401
+
+
+class CommandNotFoundError(PusherError):
+    """No command with this request id is known."""
+
+    status_code = 404
+
+
+class CommandNotCancellableError(PusherError):
+    """The command left ``queued`` already; cancelling would race the device."""
+
+    status_code = 409
+
+
+class IdempotencyKeyConflictError(PusherError):
+    """The Idempotency-Key was used before with a different request."""
+
+    status_code = 409
+
+
+class IdempotencyKeyInProgressError(PusherError):
+    """Another request with the same Idempotency-Key is still being processed."""
+
+    status_code = 409
+    retriable = True
+
+
+class StatusStoreUnavailableError(PusherError):
+    """The status store is switched off or cannot be reached."""
+
+    status_code = 503
+    retriable = True

@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from preservarium_pusher_api.contract import Identifier, Protocol
+from preservarium_pusher_api.contract import CommandStatus, Identifier, Protocol
 
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 24 * 3600
@@ -192,3 +192,48 @@ class ErrorResponse(BaseModel):
     type: str = Field(description="Machine-readable error name.")
     details: list[dict[str, Any]] = Field(default_factory=list)
     request_id: str | None = Field(None, description="The HTTP request's X-Request-ID.")
+
+
+class HistoryItem(BaseModel):
+    """One accepted status event of a command."""
+
+    status: str
+    at: datetime
+    source: str
+    detail: str | None = None
+
+
+class CommandSummary(BaseModel):
+    """A command's current state, as listed."""
+
+    request_id: str
+    device_id: str
+    protocol: str | None = None
+    command_type: str | None = None
+    status: CommandStatus
+    detail: str | None = None
+    result: Any = None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
+class CommandStatusResponse(CommandSummary):
+    """A command's current state and its history, oldest first."""
+
+    history: list[HistoryItem]
+
+
+class CommandListResponse(BaseModel):
+    """One page of commands, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[CommandSummary]
+    next_cursor: str | None = None
+
+
+class CancelResponse(BaseModel):
+    """A cancel request was handed to the connectors."""
+
+    request_id: str
+    status: CommandStatus
+    message: str

@@ -38,6 +38,7 @@ async def run_dev_stack(api_host: str, api_port: int, kafka_port: int | None) ->
         settings = Settings(
             kafka_bootstrap_servers=broker.bootstrap_servers,
             kafka_enable_idempotence=False,
+            kafka_consumer_rebalance_timeout_ms=500,
             api_host=api_host,
             api_port=api_port,
             log_format="console",

@@ -61,6 +61,20 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def consumer_options(settings: Settings, group_id: str) -> dict[str, Any]:
+    """aiokafka consumer keyword arguments: connection, group and manual commits."""
+    return {
+        **connection_options(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.kafka_consumer_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_consumer_heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.kafka_consumer_rebalance_timeout_ms,
+        "retry_backoff_ms": 50,
+    }
+
+
 def map_kafka_error(exc: BaseException, retry_after: int) -> Exception:
     """Turn an aiokafka failure into the service's exception tree."""
     if isinstance(exc, TimeoutError):

@@ -13,7 +13,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from pydantic_core import to_json
 
-from preservarium_pusher_api.contract import CommandMessage, command_headers, utc_now
+from preservarium_pusher_api.contract import (
+    CancelMessage,
+    CommandMessage,
+    cancel_headers,
+    command_headers,
+    utc_now,
+)
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import (
     KafkaUnavailableError,
@@ -31,6 +37,7 @@ from preservarium_pusher_api.services.kafka_service import (
     OutgoingRecord,
     map_kafka_error,
 )
+from preservarium_pusher_api.services.status_service import QueuedWriter, queued_row
 from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
@@ -45,12 +52,20 @@ def new_request_ids(count: int) -> list[str]:
     return [str(uuid.UUID(bytes=entropy[i : i + 16], version=4)) for i in range(0, 16 * count, 16)]
 
 
-def build_message(request: CommandRequest, request_id: str) -> CommandMessage:
-    """The contract record for an already validated request."""
+def build_message(
+    request: CommandRequest,
+    request_id: str,
+    default_ttl: float | None = None,
+    default_timeout: float | None = None,
+) -> CommandMessage:
+    """The contract record for an already validated request.
+
+    ``ttl_seconds`` and ``timeout_seconds`` fall back to the given defaults.
+    """
     created_at = utc_now()
-    expires_at = (
-        created_at + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
-    )
+    ttl = request.ttl_seconds if request.ttl_seconds is not None else default_ttl
+    expires_at = created_at + timedelta(seconds=ttl) if ttl else None
+    timeout = request.timeout_seconds if request.timeout_seconds is not None else default_timeout
     # model_construct: every field was validated by CommandRequest already.
     return CommandMessage.model_construct(
         request_id=request_id,
@@ -63,7 +78,7 @@ def build_message(request: CommandRequest, request_id: str) -> CommandMessage:
         qos=1 if request.qos is None else request.qos,
         retain=bool(request.retain),
         confirmable=request.confirmable,
-        timeout_seconds=request.timeout_seconds,
+        timeout_seconds=timeout,
         created_at=created_at,
         expires_at=expires_at,
     )
@@ -72,10 +87,17 @@ def build_message(request: CommandRequest, request_id: str) -> CommandMessage:
 class PusherService:
     """Validates sizes, produces commands and keeps the counters behind ``/api/v1/status``."""
 
-    def __init__(self, settings: Settings, kafka: KafkaService, metrics: PusherMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        kafka: KafkaService,
+        metrics: PusherMetrics,
+        writer: QueuedWriter | None = None,
+    ) -> None:
         self._settings = settings
         self._kafka = kafka
         self._metrics = metrics
+        self._writer = writer
         self._started = time.monotonic()
         self.commands_processed = 0
 
@@ -113,7 +135,7 @@ class PusherService:
             PayloadTooLargeError, KafkaUnavailableError, CommandRejectedError.
         """
         self.check_payload_sizes([request])
-        message = build_message(request, str(uuid.uuid4()))
+        message = self._message(request, str(uuid.uuid4()))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.kafka_producer_timeout):
@@ -127,7 +149,10 @@ class PusherService:
             failure = self._failure(exc)
             self._count(message, failure)
             raise failure from exc
-        return self._accepted(message, metadata, time.perf_counter() - started)
+        accepted = self._accepted(message, metadata, time.perf_counter() - started)
+        if self._writer is not None:
+            await self._writer.record([queued_row(message)])
+        return accepted
 
     async def push_commands_batch(
         self, requests: Sequence[CommandRequest], traceparent: str | None = None
@@ -146,7 +171,7 @@ class PusherService:
         started = time.perf_counter()
         deadline = started + self._settings.kafka_producer_timeout
         ids = new_request_ids(len(requests))
-        messages = [build_message(request, rid) for request, rid in zip(requests, ids, strict=True)]
+        messages = [self._message(request, rid) for request, rid in zip(requests, ids, strict=True)]
         pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
         try:
             async with asyncio.timeout(self._settings.kafka_producer_timeout):
@@ -164,6 +189,12 @@ class PusherService:
             for message, item in zip(messages, pending, strict=True)
         ]
         successful = sum(result.success for result in results)
+        if self._writer is not None and successful:
+            await self._writer.record(
+                queued_row(message)
+                for message, result in zip(messages, results, strict=True)
+                if result.success
+            )
         # One line per batch at INFO; the per-command lines are DEBUG (500 lines per
         # request would cost more than producing the records). Failures stay WARNING.
         log.info(
@@ -183,6 +214,35 @@ class PusherService:
             failed=len(results) - successful,
             results=results,
         )
+
+    def _message(self, request: CommandRequest, request_id: str) -> CommandMessage:
+        return build_message(
+            request,
+            request_id,
+            self._settings.default_ttl_seconds,
+            self._settings.default_timeout_seconds,
+        )
+
+    async def push_cancel(self, request_id: str, device_id: str, protocol: str | None) -> None:
+        """Produce a cancel control record keyed like the command (same partition, after it).
+
+        Raises:
+            KafkaUnavailableError, CommandRejectedError.
+        """
+        cancel = CancelMessage(request_id=request_id, device_id=device_id)
+        record = OutgoingRecord(
+            topic=self._settings.kafka_command_topic,
+            key=device_id.encode(),
+            value=cancel.model_dump_json().encode(),
+            headers=cancel_headers(cancel, protocol),
+        )
+        try:
+            async with asyncio.timeout(self._settings.kafka_producer_timeout):
+                future = await self._kafka.enqueue(record)
+                await asyncio.shield(future)
+        except (KafkaError, TimeoutError) as exc:
+            raise self._failure(exc) from exc
+        log.info("cancel requested", request_id=request_id, device_id=device_id)
 
     async def _enqueue_or_error(
         self, message: CommandMessage, traceparent: str | None

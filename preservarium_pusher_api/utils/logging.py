@@ -93,6 +93,8 @@ def configure_logging(
     root.setLevel(numeric_level)
     # aiokafka's DEBUG lines print whole record values (command payloads): never below INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, root.level))
+    # aiosqlite's DEBUG lines print statements with their parameters (results, details).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     # The API logs one access line per request itself, with the route template.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):

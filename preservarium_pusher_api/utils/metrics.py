@@ -11,6 +11,7 @@ from prometheus_client.exposition import generate_latest
 from preservarium_pusher_api import __version__
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
@@ -54,6 +55,36 @@ class PusherMetrics:
         self.kafka_connected = Gauge(
             "pusher_kafka_connected",
             "1 when the last connection attempt or probe reached Kafka, else 0.",
+            registry=registry,
+        )
+        self.command_status = Counter(
+            "pusher_command_status",
+            "Status transitions applied to the status store, by status and protocol.",
+            ["status", "protocol"],
+            registry=registry,
+        )
+        self.command_latency = Histogram(
+            "pusher_command_end_to_end_seconds",
+            "Time from acceptance to a terminal status, by protocol and status.",
+            ["protocol", "status"],
+            buckets=_E2E_BUCKETS,
+            registry=registry,
+        )
+        self.tracker_lag = Gauge(
+            "pusher_tracker_lag_records",
+            "Status events on the results topic not yet applied by this tracker.",
+            registry=registry,
+        )
+        self.store_write_latency = Histogram(
+            "pusher_store_write_duration_seconds",
+            "Status store write transactions, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.store_healthy = Gauge(
+            "pusher_store_healthy",
+            "1 when the last status store write succeeded, else 0.",
             registry=registry,
         )
         self.build = Info("pusher_build", "Version of the running service.", registry=registry)

@@ -7,9 +7,16 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
 from slowapi import Limiter
 
-from preservarium_pusher_api.api.dependencies import PusherDep, SettingsDep
+from preservarium_pusher_api.api.dependencies import (
+    PusherDep,
+    SettingsDep,
+    get_status,
+    idempotency_scope,
+)
+from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import PusherError
 from preservarium_pusher_api.core.models import (
     BatchCommandRequest,
@@ -17,6 +24,11 @@ from preservarium_pusher_api.core.models import (
     CommandRequest,
     CommandResponse,
     ErrorResponse,
+)
+from preservarium_pusher_api.services.idempotency import (
+    IDEMPOTENCY_KEY_PATTERN,
+    StoredAnswer,
+    request_fingerprint,
 )
 
 API_PREFIX = "/api/v1"
@@ -31,6 +43,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid API key",
         413: "Payload or request body too large",
         422: "Invalid command",
+        409: "Idempotency-Key reused with a different request, or still in progress",
         429: "Rate limit exceeded (see Retry-After)",
         503: "Kafka unavailable; nothing was accepted (see Retry-After)",
     }.items()
@@ -52,17 +65,62 @@ def _traceparent(value: str | None) -> str | None:
     return value if value and _TRACEPARENT.match(value) else None
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN.pattern,
+        description=(
+            "Repeat the same request with the same key (within 24 h) to get the original "
+            "answer back instead of a second command; a different body with the key is 409."
+        ),
+    ),
+]
+
+
+async def _idempotent(
+    request: Request,
+    settings: Settings,
+    key: str,
+    body: Any,
+    submit: Callable[[], Awaitable[tuple[int, Any]]],
+) -> StoredAnswer:
+    status = await get_status(request)
+    return await status.idempotency.run(
+        idempotency_scope(request, settings),
+        key,
+        request_fingerprint(request.url.path, body),
+        submit,
+    )
+
+
 async def create_command(
     request: Request,
     command: CommandRequest,
     response: Response,
     pusher: PusherDep,
+    settings: SettingsDep,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> CommandResponse:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Validate a command and produce it to Kafka; 202 once the broker acknowledged it."""
-    result = await pusher.push_command(command, _traceparent(traceparent))
-    response.headers["Location"] = status_location(result.request_id)
-    return result
+    trace = _traceparent(traceparent)
+    if idempotency_key is None:
+        result = await pusher.push_command(command, trace)
+        response.headers["Location"] = status_location(result.request_id)
+        return result
+
+    async def submit() -> tuple[int, Any]:
+        accepted = await pusher.push_command(command, trace)
+        return 202, accepted.model_dump(mode="json")
+
+    answer = await _idempotent(
+        request, settings, idempotency_key, command.model_dump(mode="json"), submit
+    )
+    headers = {"Idempotent-Replayed": str(answer.replayed).lower()}
+    if isinstance(answer.body, dict) and "request_id" in answer.body:
+        headers["Location"] = status_location(answer.body["request_id"])
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
 
 
 async def create_commands_batch(
@@ -71,7 +129,8 @@ async def create_commands_batch(
     pusher: PusherDep,
     settings: SettingsDep,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> BatchCommandResponse:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Produce every command, then await all acknowledgements; failures are per item."""
     if len(batch.commands) > settings.max_batch_size:
         raise BatchTooLargeError(
@@ -79,7 +138,22 @@ async def create_commands_batch(
             f"{settings.max_batch_size}",
             details=[{"loc": ["body", "commands"], "max_items": settings.max_batch_size}],
         )
-    return await pusher.push_commands_batch(batch.commands, _traceparent(traceparent))
+    trace = _traceparent(traceparent)
+    if idempotency_key is None:
+        return await pusher.push_commands_batch(batch.commands, trace)
+
+    async def submit() -> tuple[int, Any]:
+        answer = await pusher.push_commands_batch(batch.commands, trace)
+        return 202, answer.model_dump(mode="json")
+
+    stored = await _idempotent(
+        request, settings, idempotency_key, batch.model_dump(mode="json"), submit
+    )
+    return JSONResponse(
+        stored.body,
+        status_code=stored.status_code,
+        headers={"Idempotent-Replayed": str(stored.replayed).lower()},
+    )
 
 
 def build_router(limiter: Limiter, rate_limit: str | None) -> APIRouter:

@@ -1,0 +1,111 @@
+"""``Idempotency-Key`` handling for command submissions.
+
+The first request with a key claims it in the status store (one row per scope and key,
+inserted with ON CONFLICT DO NOTHING, so of several concurrent requests exactly one wins),
+produces, and stores its answer. A later request with the same key and the same body gets
+that answer back without producing anything; a different body is a conflict. A request
+that arrives while the owner is still producing waits for the owner's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from preservarium_pusher_api.core.exceptions import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyInProgressError,
+    PusherError,
+)
+from preservarium_pusher_api.services.status_store import StatusStore
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+# Printable ASCII without spaces, as an HTTP header value that is safe to store and log.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def request_fingerprint(route: str, body: Any) -> str:
+    """SHA-256 of the route and the validated body (key order and spacing do not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{route}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The answer sent for a key: status code and JSON body."""
+
+    status_code: int
+    body: Any
+    replayed: bool
+
+
+class IdempotencyService:
+    """Runs a submission at most once per (scope, key)."""
+
+    def __init__(self, store: StatusStore, ttl_seconds: float, producer_timeout: float) -> None:
+        self._store = store
+        self._ttl = ttl_seconds
+        # A pending claim older than this has lost its owner (crash): it may be taken over.
+        self._stale = max(30.0, producer_timeout * 3)
+        self._wait = producer_timeout + 5.0
+
+    async def run(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        submit: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> StoredAnswer:
+        """Answer with ``submit()``'s result, or with the stored one for a repeated key.
+
+        Raises:
+            IdempotencyKeyConflictError: the key was used with a different request.
+            IdempotencyKeyInProgressError: the first request is still running after waiting.
+            PusherError: whatever ``submit`` raised (the claim is released for a retry).
+        """
+        deadline = time.monotonic() + self._wait
+        delay = 0.02
+        while True:
+            claim = await self._store.claim_idempotency_key(
+                scope, key, fingerprint, self._ttl, self._stale
+            )
+            if claim.owner:
+                return await self._submit(scope, key, submit)
+            if claim.request_hash != fingerprint:
+                raise IdempotencyKeyConflictError(
+                    "Idempotency-Key was already used with a different request",
+                    details=[{"loc": ["header", "Idempotency-Key"]}],
+                )
+            if claim.state == "done" and claim.status_code is not None:
+                log.info("idempotent replay", status_code=claim.status_code)
+                return StoredAnswer(claim.status_code, claim.response, replayed=True)
+            if time.monotonic() >= deadline:
+                raise IdempotencyKeyInProgressError(
+                    "a request with this Idempotency-Key is still being processed",
+                    retry_after=1,
+                )
+            # Another request owns the key and is producing: wait for its answer.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _submit(
+        self, scope: str, key: str, submit: Callable[[], Awaitable[tuple[int, Any]]]
+    ) -> StoredAnswer:
+        try:
+            status_code, body = await submit()
+        except BaseException as exc:
+            # Nothing was accepted: let a retry with the same key try again.
+            await asyncio.shield(self._store.release_idempotency_key(scope, key))
+            if not isinstance(exc, PusherError | asyncio.CancelledError):
+                log.error("submission with Idempotency-Key failed", error=type(exc).__name__)
+            raise
+        await asyncio.shield(self._store.complete_idempotency_key(scope, key, status_code, body))
+        return StoredAnswer(status_code, body, replayed=False)

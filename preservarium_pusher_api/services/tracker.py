@@ -1,0 +1,227 @@
+"""Status tracker: results topic → status store, plus the deadline sweeper.
+
+Consumer group ``pusher-status-tracker`` on ``KAFKA_RESULT_TOPIC``; records are fetched in
+batches (``getmany``), applied in one store transaction per batch, and the offsets are
+committed only after that write. A store failure seeks back and retries the same batch, so
+nothing is skipped; events are idempotent, so a batch applied twice is harmless.
+
+The sweeper marks ``queued`` commands past ``expires_at`` as ``expired`` and ``sent`` or
+``delivered`` commands past their execution deadline as ``timed_out``. Its state is the
+store (survives restarts) and each change is one conditional UPDATE (several trackers
+never double-fire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from preservarium_pusher_api.contract import StatusEvent
+from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.services.kafka_service import consumer_options
+from preservarium_pusher_api.services.status_store import StatusStore, Transition
+from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.utils.metrics import PusherMetrics
+
+log = get_logger(__name__)
+
+_MAX_BACKOFF_SECONDS = 5.0
+_PURGE_EVERY_SECONDS = 3600.0
+
+
+def _backoff(attempt: int) -> float:
+    base = min(_MAX_BACKOFF_SECONDS, 0.2 * 2 ** min(attempt, 10))
+    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+
+
+def decode_event(record: ConsumerRecord[bytes, bytes]) -> StatusEvent | None:
+    """The StatusEvent in a results record, or None (logged) when it is not one."""
+    try:
+        if record.value is None:
+            raise ValueError("empty record")
+        return StatusEvent.model_validate_json(record.value)
+    except (ValidationError, ValueError) as exc:
+        log.warning(
+            "status event dropped: not a valid StatusEvent",
+            partition=record.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+        )
+        return None
+
+
+class StatusTracker:
+    """Applies status events and sweeps deadlines until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StatusStore,
+        metrics: PusherMetrics,
+        on_change: Callable[[Iterable[str]], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._metrics = metrics
+        self._on_change = on_change
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self.running = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start consuming and sweeping in the background."""
+        self._tasks = [
+            asyncio.create_task(self._consume_forever(), name="status-tracker"),
+            asyncio.create_task(self._sweep_forever(), name="status-sweeper"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop both loops; offsets of applied batches are already committed."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def wait(self) -> None:
+        """Return when a loop ends (only on an unexpected error; it is raised)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
+    # -- results topic ---------------------------------------------------------------
+
+    async def _consume_forever(self) -> None:
+        attempt = 0
+        while True:
+            consumer = AIOKafkaConsumer(
+                self._settings.kafka_result_topic,
+                **consumer_options(self._settings, self._settings.tracker_group_id),
+            )
+            try:
+                await consumer.start()
+                self._consumer = consumer
+                attempt = 0
+                log.info("status tracker consuming", topic=self._settings.kafka_result_topic)
+                self.running.set()
+                await self._consume(consumer)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self.running.clear()
+                log.warning("status tracker lost kafka; reconnecting", error=type(exc).__name__)
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+            finally:
+                self._consumer = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        failures = 0
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if not batches:
+                await self._update_lag(consumer)
+                continue
+            events = [
+                event
+                for records in batches.values()
+                for event in map(decode_event, records)
+                if event is not None
+            ]
+            started = time.perf_counter()
+            try:
+                transitions = await self._store.apply_events(events)
+            except Exception as exc:  # store down: re-read the same records later
+                failures += 1
+                self._metrics.store_healthy.set(0)
+                log.error("status store write failed; retrying", error=type(exc).__name__)
+                for partition, records in batches.items():
+                    consumer.seek(partition, records[0].offset)
+                await asyncio.sleep(_backoff(failures))
+                continue
+            failures = 0
+            self._metrics.store_healthy.set(1)
+            self._metrics.store_write_latency.labels("events").observe(
+                time.perf_counter() - started
+            )
+            await consumer.commit(
+                {partition: records[-1].offset + 1 for partition, records in batches.items()}
+            )
+            self._record(transitions)
+            await self._update_lag(consumer)
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            if highwater is None:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                lag += max(0, highwater - await consumer.position(partition))
+        self._metrics.tracker_lag.set(lag)
+
+    def _record(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            protocol = transition.protocol or "unknown"
+            status = transition.status.value
+            self._metrics.command_status.labels(status, protocol).inc()
+            if transition.status.is_terminal:
+                self._metrics.command_latency.labels(protocol, status).observe(
+                    max(0.0, transition.at - transition.created_at)
+                )
+        if transitions and self._on_change is not None:
+            self._on_change(transition.request_id for transition in transitions)
+
+    # -- deadlines --------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        last_purge = 0.0
+        while True:
+            started = time.perf_counter()
+            try:
+                transitions = await self._store.sweep()
+                if time.time() - last_purge > _PURGE_EVERY_SECONDS:
+                    await self._store.purge_idempotency_keys(
+                        time.time() - self._settings.idempotency_ttl_seconds
+                    )
+                    last_purge = time.time()
+            except Exception as exc:  # keep sweeping when the store comes back
+                log.error("deadline sweep failed", error=type(exc).__name__)
+            else:
+                self._metrics.store_write_latency.labels("sweep").observe(
+                    time.perf_counter() - started
+                )
+                for transition in transitions:
+                    log.info(
+                        "command deadline passed",
+                        request_id=transition.request_id,
+                        status=transition.status.value,
+                    )
+                self._record(transitions)
+            await asyncio.sleep(self._settings.sweep_interval_seconds)
+
+
+async def run_tracker(settings: Settings) -> None:
+    """``pusher tracker``: the tracker alone, until cancelled (SIGINT/SIGTERM)."""
+    store = StatusStore(settings.status_store_url, pool_size=settings.status_store_pool_size)
+    await store.start()
+    metrics = PusherMetrics()
+    if settings.tracker_metrics_port:
+        start_http_server(settings.tracker_metrics_port, registry=metrics.registry)
+        log.info("tracker metrics served", port=settings.tracker_metrics_port)
+    tracker = StatusTracker(settings, store, metrics)
+    await tracker.start()
+    try:
+        await tracker.wait()
+    finally:
+        await tracker.stop()
+        await store.stop()
