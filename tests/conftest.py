@@ -172,3 +172,45 @@ def assert_error_shape(response: httpx.Response, status: int) -> dict[str, Any]:
     assert isinstance(body["details"], list)
     assert body["request_id"] == response.headers["x-request-id"]
     return body
+
+
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database on the ``TEST_POSTGRES_URL`` server.
+
+    The database is created for the test and dropped after it. A server that does not
+    answer fails the test (``.ci/run`` provides one); it is never skipped.
+    """
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(TEST_POSTGRES_URL)
+    name = f"pusher_test_{uuid.uuid4().hex[:12]}"
+    admin_dsn = server.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A status store URL for each supported database: SQLite file and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/status.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

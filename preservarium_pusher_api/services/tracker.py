@@ -74,6 +74,7 @@ class StatusTracker:
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
         self.running = asyncio.Event()
 
     async def start(self) -> None:
@@ -84,12 +85,19 @@ class StatusTracker:
         ]
 
     async def stop(self) -> None:
-        """Stop both loops; offsets of applied batches are already committed."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop both loops; offsets of applied batches are already committed.
+
+        The consume loop finishes its current fetch and leaves the group cleanly; a loop
+        that does not end within a few seconds (e.g. still joining) is cancelled.
+        """
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3)
+            for task in pending:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks = []
 
     async def wait(self) -> None:
@@ -102,7 +110,7 @@ class StatusTracker:
 
     async def _consume_forever(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
                 self._settings.kafka_result_topic,
                 **consumer_options(self._settings, self._settings.tracker_group_id),
@@ -114,6 +122,7 @@ class StatusTracker:
                 log.info("status tracker consuming", topic=self._settings.kafka_result_topic)
                 self.running.set()
                 await self._consume(consumer)
+                return
             except (KafkaError, OSError, TimeoutError) as exc:
                 self.running.clear()
                 log.warning("status tracker lost kafka; reconnecting", error=type(exc).__name__)
@@ -126,7 +135,7 @@ class StatusTracker:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             if not batches:
                 await self._update_lag(consumer)
@@ -185,7 +194,7 @@ class StatusTracker:
 
     async def _sweep_forever(self) -> None:
         last_purge = 0.0
-        while True:
+        while not self._stopping.is_set():
             started = time.perf_counter()
             try:
                 transitions = await self._store.sweep()
@@ -207,7 +216,8 @@ class StatusTracker:
                         status=transition.status.value,
                     )
                 self._record(transitions)
-            await asyncio.sleep(self._settings.sweep_interval_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.sweep_interval_seconds)
 
 
 async def run_tracker(settings: Settings) -> None:

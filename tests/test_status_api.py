@@ -1,0 +1,376 @@
+"""Command lifecycle through the real stack: API → Kafka → (events) → tracker → store → API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from preservarium_pusher_api.contract import CommandStatus, StatusEvent
+from preservarium_pusher_api.core.config import Settings
+from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
+from tests.kafka_helpers import count_records, headers_of, read_records, value_of
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def tracked(make_settings: SettingsFactory) -> AsyncIterator[LiveApi]:
+    """The API with its tracker running."""
+    async with serve(make_settings(tracker_enabled=True)) as live:
+        yield live
+
+
+async def emit(settings: Settings, *events: StatusEvent) -> None:
+    """Produce status events to the results topic, as a connector does."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for item in events:
+            await producer.send_and_wait(
+                settings.kafka_result_topic,
+                key=item.request_id.encode(),
+                value=item.model_dump_json().encode(),
+            )
+    finally:
+        await producer.stop()
+
+
+def status_event(request_id: str, status: str, **extra: Any) -> StatusEvent:
+    return StatusEvent(
+        request_id=request_id,
+        device_id=extra.pop("device_id", "pico-w-lab-001"),
+        status=CommandStatus(status),
+        occurred_at=datetime.now(UTC),
+        source=extra.pop("source", "connector-mqtt-test"),
+        **extra,
+    )
+
+
+async def submit(api: LiveApi, **overrides: Any) -> str:
+    response = await api.client.post("/api/v1/commands", json=command(**overrides))
+    assert response.status_code == 202, response.text
+    request_id: str = response.json()["request_id"]
+    assert response.headers["location"] == f"/api/v1/commands/{request_id}/status"
+    return request_id
+
+
+async def wait_status(api: LiveApi, request_id: str, status: str, within: float = 20) -> Any:
+    """Long-poll until the command reaches ``status``."""
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        params: dict[str, Any] = {"wait": 5}
+        if last:
+            params["last_status"] = last
+        response = await api.client.get(f"/api/v1/commands/{request_id}/status", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] == status:
+            return body
+        last = body["status"]
+    raise AssertionError(f"{request_id} never reached {status}; last {last}")
+
+
+async def test_queued_at_once_then_events_move_it_forward(tracked: LiveApi) -> None:
+    request_id = await submit(tracked)
+    response = await tracked.client.get(f"/api/v1/commands/{request_id}/status")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "queued" and body["device_id"] == "pico-w-lab-001"
+    assert (body["protocol"], body["command_type"]) == ("mqtt", "control_led")
+    assert body["expires_at"] is not None and body["created_at"].endswith("Z")
+    assert [h["status"] for h in body["history"]] == ["queued"]
+
+    await emit(
+        tracked.settings,
+        status_event(request_id, "sent"),
+        status_event(request_id, "sent"),  # duplicate
+        status_event(request_id, "delivered"),
+        status_event(request_id, "succeeded", result={"led": "on"}),
+        status_event(request_id, "failed", detail="too late"),  # second terminal
+    )
+    final = await wait_status(tracked, request_id, "succeeded")
+    assert final["result"] == {"led": "on"}
+    assert [h["status"] for h in final["history"]] == ["queued", "sent", "delivered", "succeeded"]
+    assert {h["source"] for h in final["history"][1:]} == {"connector-mqtt-test"}
+
+    metrics = (await tracked.client.get("/api/v1/metrics")).text
+    assert 'pusher_command_status_total{protocol="mqtt",status="succeeded"} 1.0' in metrics
+    assert 'pusher_command_end_to_end_seconds_count{protocol="mqtt",status="succeeded"}' in (
+        metrics
+    )
+    assert "pusher_tracker_lag_records" in metrics
+
+
+async def test_long_poll_wakes_promptly_and_times_out(tracked: LiveApi) -> None:
+    warm = await submit(tracked)
+    await emit(tracked.settings, status_event(warm, "sent"))
+    await wait_status(tracked, warm, "sent")  # the tracker is consuming now
+
+    request_id = await submit(tracked)
+    started = time.monotonic()
+    response = await tracked.client.get(
+        f"/api/v1/commands/{request_id}/status", params={"wait": 1.5}
+    )
+    elapsed = time.monotonic() - started
+    assert response.json()["status"] == "queued"
+    assert 1.4 <= elapsed < 4, elapsed
+
+    async def later() -> None:
+        await asyncio.sleep(0.5)
+        await emit(tracked.settings, status_event(request_id, "delivered"))
+
+    producer = asyncio.create_task(later())
+    started = time.monotonic()
+    response = await tracked.client.get(
+        f"/api/v1/commands/{request_id}/status", params={"wait": 30}
+    )
+    elapsed = time.monotonic() - started
+    await producer
+    assert response.json()["status"] == "delivered"
+    assert elapsed < 5, elapsed  # woken by the tracker, not by the 30 s timeout
+
+    # A caller that already knows an older status gets the current one at once.
+    started = time.monotonic()
+    response = await tracked.client.get(
+        f"/api/v1/commands/{request_id}/status", params={"wait": 30, "last_status": "queued"}
+    )
+    assert response.json()["status"] == "delivered" and time.monotonic() - started < 1
+
+
+async def test_statuses_survive_an_api_restart(make_settings: SettingsFactory) -> None:
+    settings = make_settings(tracker_enabled=True)
+    async with serve(settings) as first:
+        request_id = await submit(first)
+        await emit(settings, status_event(request_id, "sent"), status_event(request_id, "failed"))
+        before = await wait_status(first, request_id, "failed")
+    async with serve(settings) as second:
+        response = await second.client.get(f"/api/v1/commands/{request_id}/status")
+        assert response.status_code == 200
+        assert response.json() == before
+
+
+async def test_cancel_a_queued_command(tracked: LiveApi) -> None:
+    request_id = await submit(tracked, device_id="ot2-lab-7", protocol="http")
+    response = await tracked.client.delete(f"/api/v1/commands/{request_id}")
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+
+    command_record, cancel_record = await read_records(
+        tracked.settings.kafka_bootstrap_servers, tracked.settings.kafka_command_topic, 2
+    )
+    assert cancel_record.key == command_record.key == b"ot2-lab-7"
+    assert cancel_record.partition == command_record.partition
+    assert cancel_record.offset > command_record.offset
+    assert headers_of(cancel_record)["kind"] == "cancel"
+    assert headers_of(cancel_record)["protocol"] == "http"
+    assert value_of(cancel_record) == {
+        "schema_version": 1,
+        "kind": "cancel",
+        "request_id": request_id,
+        "device_id": "ot2-lab-7",
+    }
+
+    await emit(
+        tracked.settings,
+        status_event(request_id, "cancelled", device_id="ot2-lab-7", detail="dropped"),
+    )
+    body = await wait_status(tracked, request_id, "cancelled")
+    assert [(h["status"], h["detail"]) for h in body["history"]] == [
+        ("queued", None),
+        ("queued", "cancel requested"),
+        ("cancelled", "dropped"),
+    ]
+    again = await tracked.client.delete(f"/api/v1/commands/{request_id}")
+    error = assert_error_shape(again, 409)
+    assert error["details"][0]["status"] == "cancelled"
+
+
+async def test_cancel_after_sent_is_409_and_unknown_is_404(tracked: LiveApi) -> None:
+    request_id = await submit(tracked)
+    await emit(tracked.settings, status_event(request_id, "sent"))
+    await wait_status(tracked, request_id, "sent")
+    error = assert_error_shape(await tracked.client.delete(f"/api/v1/commands/{request_id}"), 409)
+    assert error["type"] == "CommandNotCancellableError" and error["details"][0]["status"] == "sent"
+    assert_error_shape(await tracked.client.delete(f"/api/v1/commands/{uuid.uuid4()}"), 404)
+    # Nothing but the command itself went to Kafka.
+    assert (
+        await count_records(
+            tracked.settings.kafka_bootstrap_servers, tracked.settings.kafka_command_topic
+        )
+        == 1
+    )
+
+
+async def test_deadlines_expire_queued_commands(tracked: LiveApi) -> None:
+    request_id = await submit(tracked, ttl_seconds=1)
+    body = await wait_status(tracked, request_id, "expired")
+    assert body["detail"] == "not delivered before expires_at"
+    assert body["history"][-1]["source"] == "sweeper"
+
+
+async def test_listing_and_device_alias(api: LiveApi) -> None:
+    ids = [await submit(api, device_id=f"dev-{i % 2}") for i in range(5)]
+    first = await api.client.get("/api/v1/commands", params={"limit": 2})
+    assert first.status_code == 200
+    page = first.json()
+    assert [item["request_id"] for item in page["items"]] == ids[::-1][:2]
+    rest = await api.client.get(
+        "/api/v1/commands", params={"limit": 500, "cursor": page["next_cursor"]}
+    )
+    assert [item["request_id"] for item in rest.json()["items"]] == ids[::-1][2:]
+    assert rest.json()["next_cursor"] is None
+
+    device = await api.client.get("/api/v1/devices/dev-1/commands")
+    assert [item["request_id"] for item in device.json()["items"]] == [ids[3], ids[1]]
+    filtered = await api.client.get(
+        "/api/v1/commands", params={"device_id": "dev-0", "status": "queued"}
+    )
+    assert {item["request_id"] for item in filtered.json()["items"]} == set(ids[0::2])
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/api/v1/commands/not-a-uuid/status", {}, 422),
+        (f"/api/v1/commands/{uuid.UUID(int=7)}/status", {}, 404),
+        (f"/api/v1/commands/{uuid.UUID(int=7)}/status", {"wait": 61}, 422),
+        (f"/api/v1/commands/{uuid.UUID(int=7)}/status", {"wait": -1}, 422),
+        (f"/api/v1/commands/{uuid.UUID(int=7)}/status", {"last_status": "done"}, 422),
+        ("/api/v1/commands", {"limit": 0}, 422),
+        ("/api/v1/commands", {"limit": 501}, 422),
+        ("/api/v1/commands", {"cursor": "bogus"}, 422),
+        ("/api/v1/commands", {"status": "nope"}, 422),
+        ("/api/v1/commands", {"since": "yesterday"}, 422),
+        ("/api/v1/commands", {"device_id": "a/b"}, 422),
+    ],
+)
+async def test_bad_status_queries_use_the_error_shape(
+    api: LiveApi, path: str, params: dict[str, Any], status: int
+) -> None:
+    assert_error_shape(await api.client.get(path, params=params), status)
+
+
+async def test_idempotency_key_replays_and_conflicts(api: LiveApi) -> None:
+    headers = {"Idempotency-Key": "plate-42-run-1"}
+    first = await api.client.post("/api/v1/commands", json=command(), headers=headers)
+    again = await api.client.post("/api/v1/commands", json=command(), headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["request_id"] == again.json()["request_id"]
+    assert (first.headers["idempotent-replayed"], again.headers["idempotent-replayed"]) == (
+        "false",
+        "true",
+    )
+    assert again.headers["location"] == first.headers["location"]
+    conflict = await api.client.post(
+        "/api/v1/commands", json=command(payload={"pin": 2}), headers=headers
+    )
+    assert assert_error_shape(conflict, 409)["type"] == "IdempotencyKeyConflictError"
+
+    batch = {"commands": [command(device_id=f"b-{i}") for i in range(3)]}
+    b1 = await api.client.post(
+        "/api/v1/commands/batch", json=batch, headers={"Idempotency-Key": "b"}
+    )
+    b2 = await api.client.post(
+        "/api/v1/commands/batch", json=batch, headers={"Idempotency-Key": "b"}
+    )
+    assert b1.json() == b2.json() and b1.json()["successful"] == 3
+
+    bad = await api.client.post(
+        "/api/v1/commands", json=command(), headers={"Idempotency-Key": "has space"}
+    )
+    assert_error_shape(bad, 422)
+    assert (
+        await count_records(api.settings.kafka_bootstrap_servers, api.settings.kafka_command_topic)
+        == 4
+    )
+
+
+async def test_concurrent_duplicates_produce_exactly_one_record(api: LiveApi) -> None:
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    responses = await asyncio.gather(
+        *(api.client.post("/api/v1/commands", json=command(), headers=headers) for _ in range(6))
+    )
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["request_id"] for r in responses}) == 1
+    assert sorted(r.headers["idempotent-replayed"] for r in responses) == ["false"] + ["true"] * 5
+    assert (
+        await count_records(api.settings.kafka_bootstrap_servers, api.settings.kafka_command_topic)
+        == 1
+    )
+
+
+async def test_idempotency_keys_are_scoped_per_api_key(make_settings: SettingsFactory) -> None:
+    settings = make_settings(enable_auth=True, api_keys="key-aaaaaaaaaaaaaaaa,key-bbbbbbbbbbbbbbbb")
+    async with serve(settings) as live:
+        answers = [
+            await live.client.post(
+                "/api/v1/commands",
+                json=command(),
+                headers={"X-API-Key": key, "Idempotency-Key": "same"},
+            )
+            for key in ("key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb")
+        ]
+        assert [a.headers["idempotent-replayed"] for a in answers] == ["false", "false"]
+        assert answers[0].json()["request_id"] != answers[1].json()["request_id"]
+        unauth = await live.client.get(f"/api/v1/commands/{answers[0].json()['request_id']}/status")
+        assert_error_shape(unauth, 401)
+
+
+async def test_two_api_instances_on_one_postgres_see_every_status(
+    make_settings: SettingsFactory, postgres_url: str
+) -> None:
+    settings = make_settings(tracker_enabled=True, status_store_url=postgres_url)
+    # One tracker (in a) writes for both; b reads what a's tracker applied. (Two trackers in
+    # one group rebalance; on the embedded broker a rebalance takes seconds.)
+    others = settings.model_copy(update={"tracker_enabled": False})
+    async with serve(settings) as a, serve(others) as b:
+        ids = [await submit(a), await submit(b), await submit(a, device_id="dev-x")]
+        await emit(
+            settings,
+            *(status_event(rid, "succeeded", result={"n": n}) for n, rid in enumerate(ids)),
+        )
+        for live in (a, b):
+            for n, rid in enumerate(ids):
+                body = await wait_status(live, rid, "succeeded", within=30)
+                assert body["result"] == {"n": n}
+        listing = (await b.client.get("/api/v1/commands")).json()
+        assert {item["request_id"] for item in listing["items"]} == set(ids)
+
+
+async def test_store_switched_off_answers_503_on_status_routes(
+    make_settings: SettingsFactory,
+) -> None:
+    async with serve(make_settings(status_store_enabled=False)) as live:
+        accepted = await live.client.post("/api/v1/commands", json=command())
+        assert accepted.status_code == 202
+        off = await live.client.get(f"/api/v1/commands/{accepted.json()['request_id']}/status")
+        assert assert_error_shape(off, 503)["type"] == "StatusStoreUnavailableError"
+        keyed = await live.client.post(
+            "/api/v1/commands", json=command(), headers={"Idempotency-Key": "k"}
+        )
+        assert_error_shape(keyed, 503)
+
+
+def test_status_event_json_matches_the_contract() -> None:
+    item = status_event(str(uuid.UUID(int=1)), "succeeded", result={"ok": True})
+    body = json.loads(item.model_dump_json())
+    assert set(body) == {
+        "schema_version",
+        "request_id",
+        "device_id",
+        "status",
+        "occurred_at",
+        "source",
+        "detail",
+        "result",
+    }
+    assert body["occurred_at"].endswith("Z")
