@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -120,11 +122,37 @@ def test_auth_without_keys_exits_with_a_clear_message(api_env: dict[str, str]) -
 def readme_curl_examples() -> list[str]:
     """Every ```bash block of the README that calls curl."""
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    return [block for block in blocks if block.lstrip().startswith("curl")]
+    return [block for block in blocks if "curl " in block]
+
+
+def json_documents(text: str) -> list[Any]:
+    """The JSON documents printed one after another (one per curl call)."""
+    decoder = json.JSONDecoder()
+    documents, position = [], 0
+    while position < len(text):
+        if text[position].isspace():
+            position += 1
+            continue
+        document, position = decoder.raw_decode(text, position)
+        documents.append(document)
+    return documents
+
+
+def check_answer(answer: dict[str, Any]) -> None:
+    """Each kind of README answer is the success it shows."""
+    if "results" in answer:  # batch
+        assert all(item["success"] and item["request_id"] for item in answer["results"]), answer
+    elif "items" in answer:  # list
+        assert answer["items"] and all(item["request_id"] for item in answer["items"]), answer
+    elif "history" in answer:  # status
+        assert answer["status"] == "queued" and answer["history"][0]["source"] == "api", answer
+    else:  # single command
+        assert answer["success"] and answer["request_id"], answer
 
 
 async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> None:
-    """`pusher dev` serves the README curl examples (202 + request ids, records keyed by device)."""
+    """`pusher dev` serves the README curl examples: 202 with request ids and records keyed by
+    device in Kafka, the status of a command just sent, the list."""
     examples = readme_curl_examples()
     assert len(examples) >= 2
     api_port, kafka_port = free_port(), free_port()
@@ -145,9 +173,10 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
             result = subprocess.run(
                 ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
             )
-            answer = json.loads(result.stdout)
-            items = answer["results"] if "results" in answer else [answer]
-            assert all(item["success"] and item["request_id"] for item in items), answer
+            answers = json_documents(result.stdout)
+            assert answers, example
+            for answer in answers:
+                check_answer(answer)
             expected_devices += re.findall(r'"device_id": "([^"]+)"', example)
         records = await read_records(
             f"127.0.0.1:{kafka_port}", "device_commands", len(expected_devices)
@@ -159,3 +188,62 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
     assert not wait_for_port("127.0.0.1", kafka_port, timeout=0.5), "broker left running"
     assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
+
+
+async def test_pusher_tracker_alone_applies_events_and_serves_metrics(
+    api_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`pusher tracker` consumes the results topic into the store and stops on SIGTERM."""
+    from aiokafka import AIOKafkaProducer
+
+    from preservarium_pusher_api.contract import CommandStatus, StatusEvent, utc_now
+    from preservarium_pusher_api.services.status_store import StatusStore
+
+    metrics_port = free_port()
+    env = {
+        **api_env,
+        "KAFKA_CONSUMER_REBALANCE_TIMEOUT_MS": "300",
+        "SWEEP_INTERVAL_SECONDS": "0.2",
+    }
+    process = subprocess.Popen(
+        [PUSHER, "tracker", "--metrics-port", str(metrics_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    request_id = "5b0c1a64-9a51-4f0e-8d7e-0c7b4a3e2f10"
+    try:
+        assert wait_for_port("127.0.0.1", metrics_port, timeout=15), "no metrics port"
+        producer = AIOKafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+        await producer.start()
+        try:
+            event = StatusEvent(
+                request_id=request_id,
+                device_id="pico-w-lab-001",
+                status=CommandStatus.DELIVERED,
+                occurred_at=utc_now(),
+                source="connector-mqtt-1",
+            )
+            await producer.send_and_wait(
+                env["KAFKA_RESULT_TOPIC"], event.model_dump_json().encode(), key=b"k"
+            )
+        finally:
+            await producer.stop()
+        store = StatusStore(env["STATUS_STORE_URL"])
+        try:
+            deadline = time.monotonic() + 30
+            record = None
+            while record is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                record = await store.get(request_id)
+        finally:
+            await store.stop()
+        assert record is not None and record.status == CommandStatus.DELIVERED
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'pusher_command_status_total{protocol="unknown",status="delivered"} 1.0' in metrics
+    finally:
+        output = stop(process, signal.SIGTERM)
+    assert process.returncode == 0, output
+    assert "status tracker consuming" in output

@@ -151,7 +151,7 @@ class PusherService:
             raise failure from exc
         accepted = self._accepted(message, metadata, time.perf_counter() - started)
         if self._writer is not None:
-            await self._writer.record([queued_row(message)])
+            self._writer.record([queued_row(message)])
         return accepted
 
     async def push_commands_batch(
@@ -190,7 +190,7 @@ class PusherService:
         ]
         successful = sum(result.success for result in results)
         if self._writer is not None and successful:
-            await self._writer.record(
+            self._writer.record(
                 queued_row(message)
                 for message, result in zip(messages, results, strict=True)
                 if result.success

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from preservarium_pusher_api.contract import CommandMessage, CommandStatus
 from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.services.status_store import (
+    API_SOURCE,
     CommandRecord,
+    HistoryEntry,
     QueuedCommand,
     StatusStore,
     to_epoch,
@@ -47,72 +50,99 @@ def queued_row(message: CommandMessage) -> QueuedCommand:
 
 
 class QueuedWriter:
-    """Group commit of ``queued`` rows."""
+    """Write-behind of ``queued`` rows, grouped into one transaction per flush.
 
-    def __init__(self, store: StatusStore, metrics: PusherMetrics, max_group: int = 1000) -> None:
+    Recording does not wait for the database: the 202 goes out as soon as Kafka
+    acknowledged the command, and the rows of every command accepted within
+    ``flush_interval`` are written together. Until then :meth:`pending` answers for them,
+    so this instance's status URL works at once. A failed write is retried; the tracker
+    also creates rows from the connectors' events, so a lost write loses no status.
+    """
+
+    def __init__(
+        self,
+        store: StatusStore,
+        metrics: PusherMetrics,
+        *,
+        flush_interval: float = 0.01,
+        max_group: int = 1000,
+        max_attempts: int = 5,
+    ) -> None:
         self._store = store
         self._metrics = metrics
+        self._flush_interval = flush_interval
         self._max_group = max_group
-        self._pending: list[tuple[QueuedCommand, asyncio.Future[None]]] = []
+        self._max_attempts = max_attempts
+        self._pending: dict[str, QueuedCommand] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.healthy = True
 
     def start(self) -> None:
         """Start the background flusher."""
         self._task = asyncio.create_task(self._run(), name="queued-writer")
 
     async def stop(self) -> None:
-        """Flush what is pending, then stop."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        """Write what is pending, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         while self._pending:
-            await self._flush()
+            if not await self._flush(attempts=1):
+                break
 
-    async def record(self, rows: Iterable[QueuedCommand]) -> None:
-        """Queue rows for the next group write and wait until it is done.
-
-        Never raises: the commands are already in Kafka, so a store failure is logged
-        (and the tracker fills the rows in from the connectors' events).
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+    def record(self, rows: Iterable[QueuedCommand]) -> None:
+        """Queue rows for the next group write (never blocks, never raises)."""
         for row in rows:
-            self._pending.append((row, future))
+            self._pending[row.request_id] = row
         self._wakeup.set()
-        await asyncio.shield(future)
+
+    def pending(self, request_id: str) -> QueuedCommand | None:
+        """A row accepted but not written yet."""
+        return self._pending.get(request_id)
+
+    async def flush(self) -> None:
+        """Write everything pending now (used at shutdown and by tests)."""
+        while self._pending:
+            if not await self._flush(attempts=self._max_attempts):
+                return
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            await asyncio.sleep(self._flush_interval)  # let concurrent requests join the group
             self._wakeup.clear()
-            while self._pending:
-                await self._flush()
+            await self.flush()
 
-    async def _flush(self) -> None:
-        group, self._pending = self._pending[: self._max_group], self._pending[self._max_group :]
-        started = time.perf_counter()
-        try:
-            await self._store.record_queued([row for row, _ in group])
-            self.healthy = True
-        except Exception as exc:  # the store must never fail an accepted command
-            self.healthy = False
-            log.error(
-                "status store write failed; rows will be filled in from events",
-                error=type(exc).__name__,
-                rows=len(group),
-            )
-        finally:
+    async def _flush(self, attempts: int) -> bool:
+        group = list(itertools.islice(self._pending.values(), self._max_group))
+        for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
+            try:
+                await self._store.record_queued(group)
+            except Exception as exc:  # the store must never fail an accepted command
+                self._metrics.store_healthy.set(0)
+                log.error(
+                    "status store write failed",
+                    error=type(exc).__name__,
+                    rows=len(group),
+                    attempt=attempt,
+                )
+                if attempt < attempts:
+                    await asyncio.sleep(min(2.0**attempt * 0.1, 2.0))
+                continue
+            self._metrics.store_healthy.set(1)
             self._metrics.store_write_latency.labels("queued").observe(
                 time.perf_counter() - started
             )
-            for _, future in group:
-                if not future.done():
-                    future.set_result(None)
+            for row in group:
+                self._pending.pop(row.request_id, None)
+            return True
+        # Give up on this group; the tracker fills rows in from events that arrive.
+        for row in group:
+            self._pending.pop(row.request_id, None)
+        return False
 
 
 class StatusNotifier:
@@ -134,7 +164,7 @@ class StatusNotifier:
 
     async def wait_for_change(
         self,
-        store: StatusStore,
+        read: Callable[[str], Awaitable[CommandRecord | None]],
         request_id: str,
         seen: CommandStatus,
         wait_seconds: float,
@@ -152,12 +182,12 @@ class StatusNotifier:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return await store.get(request_id)
+                    return await read(request_id)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining, recheck)):
                         await wakeup.wait()
                 wakeup.clear()
-                record = await store.get(request_id)
+                record = await read(request_id)
                 if record is None or record.status != seen or record.status.is_terminal:
                     return record
         finally:
@@ -176,3 +206,31 @@ class StatusComponents:
     writer: QueuedWriter
     notifier: StatusNotifier
     idempotency: IdempotencyService
+
+    async def read(self, request_id: str) -> CommandRecord | None:
+        """The stored command, or the one this instance accepted but has not written yet."""
+        record = await self.store.get(request_id)
+        if record is None:
+            row = self.writer.pending(request_id)
+            if row is not None:
+                record = record_of_queued(row)
+        return record
+
+
+def record_of_queued(row: QueuedCommand) -> CommandRecord:
+    """The record of a command that is queued and known only to this instance so far."""
+    return CommandRecord(
+        request_id=row.request_id,
+        device_id=row.device_id,
+        protocol=row.protocol,
+        command_type=row.command_type,
+        status=CommandStatus.QUEUED,
+        detail=None,
+        result=None,
+        created_at=row.created_at,
+        updated_at=row.created_at,
+        expires_at=row.expires_at,
+        timeout_seconds=row.timeout_seconds,
+        sent_at=None,
+        history=[HistoryEntry(CommandStatus.QUEUED.value, row.created_at, API_SOURCE, None)],
+    )

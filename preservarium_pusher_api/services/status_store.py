@@ -344,7 +344,8 @@ class StatusStore:
         """Record accepted commands (one transaction for the group).
 
         An existing row (an event arrived first) keeps its status; it only gains the
-        command's description.
+        command's description. The ``queued`` history entry is not stored: it is the row's
+        own ``created_at`` (see :meth:`get`), which halves the write.
         """
         if not items:
             return
@@ -378,19 +379,8 @@ class StatusStore:
                 )
             },
         )
-        entries = [
-            {
-                "request_id": item.request_id,
-                "status": CommandStatus.QUEUED.value,
-                "at": item.created_at,
-                "source": API_SOURCE,
-                "detail": "",
-            }
-            for item in items
-        ]
         async with self.engine.begin() as conn:
             await conn.execute(upsert, rows)
-            await conn.execute(self._insert(history).on_conflict_do_nothing(), entries)
 
     async def apply_events(self, events: Sequence[StatusEvent]) -> list[Transition]:
         """Apply status events in one transaction; return the transitions that happened.
@@ -575,10 +565,15 @@ class StatusStore:
                 )
             ).all()
         record = _record(row)
-        record.history = [
+        events = [
             HistoryEntry(entry.status, entry.at, entry.source, entry.detail or None)
             for entry in entries
         ]
+        if record.protocol is not None:  # the API accepted it: its first entry is "queued"
+            accepted = HistoryEntry(CommandStatus.QUEUED.value, record.created_at, API_SOURCE, None)
+            events.insert(0, accepted)
+            events.sort(key=lambda entry: entry.at)  # stable: "queued" first on a tie
+        record.history = events
         return record
 
     async def list(

@@ -96,13 +96,13 @@ async def get_command_status(
 ) -> CommandStatusResponse:
     """The command's current status and its history."""
     request_id = request_id.lower()
-    record = await status.store.get(request_id)
+    record = await status.read(request_id)
     if record is None:
         raise CommandNotFoundError(f"no command with request_id {request_id}")
     seen = last_status or record.status
     if wait > 0 and record.status == seen and not record.status.is_terminal:
         latest = await status.notifier.wait_for_change(
-            status.store, request_id, seen, wait, settings.long_poll_recheck_seconds
+            status.read, request_id, seen, wait, settings.long_poll_recheck_seconds
         )
         record = latest or record
     return status_response(record)
@@ -123,6 +123,7 @@ async def _list(
             raise InvalidQueryError(
                 f"device_id {exc}", details=[{"loc": ["query", "device_id"]}]
             ) from exc
+    await status.writer.flush()  # commands this instance just accepted are listed too
     try:
         page = await status.store.list(
             device_id=device_id,
@@ -182,7 +183,7 @@ async def cancel_command(
 ) -> CancelResponse:
     """Cancel a command that is still queued (not yet sent to the device)."""
     request_id = request_id.lower()
-    record = await status.store.get(request_id)
+    record = await status.read(request_id)
     if record is None:
         raise CommandNotFoundError(f"no command with request_id {request_id}")
     if record.status != CommandStatus.QUEUED:
@@ -191,6 +192,7 @@ async def cancel_command(
             details=[{"request_id": request_id, "status": record.status.value}],
         )
     await pusher.push_cancel(request_id, record.device_id, record.protocol)
+    await status.writer.flush()  # the note must follow the command's own row
     await status.store.add_note(request_id, CommandStatus.QUEUED, "cancel requested")
     status.notifier.notify([request_id])
     return CancelResponse(
