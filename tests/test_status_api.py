@@ -374,3 +374,39 @@ def test_status_event_json_matches_the_contract() -> None:
         "result",
     }
     assert body["occurred_at"].endswith("Z")
+
+
+async def test_store_outage_is_503_and_commands_still_flow(
+    make_settings: SettingsFactory, postgres_url: str
+) -> None:
+    """The database goes away: status reads and keyed submits are 503 in the error shape
+    (nothing produced for them); commands without a key are still accepted and produced."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    settings = make_settings(status_store_url=postgres_url)
+    async with serve(settings) as live:
+        known = await submit(live)
+        url = make_url(postgres_url)
+        admin = await asyncpg.connect(
+            url.set(drivername="postgresql", database="postgres").render_as_string(False)
+        )
+        try:
+            await admin.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+        status = await live.client.get(f"/api/v1/commands/{known}/status")
+        error = assert_error_shape(status, 503)
+        assert error["type"] == "StatusStoreUnavailableError"
+        assert status.headers["retry-after"] == "1"
+        keyed = await live.client.post(
+            "/api/v1/commands", json=command(device_id="keyed"), headers={"Idempotency-Key": "x"}
+        )
+        assert_error_shape(keyed, 503)
+        plain = await live.client.post("/api/v1/commands", json=command(device_id="plain"))
+        assert plain.status_code == 202
+
+    records = await read_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic, 2)
+    assert sorted(r.key for r in records) == [b"pico-w-lab-001", b"plain"]
+    assert await count_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic) == 2

@@ -15,6 +15,7 @@ from slowapi.errors import RateLimitExceeded
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preservarium_pusher_api.core.exceptions import PusherError
+from preservarium_pusher_api.services.status_store import STORE_ERRORS
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -99,6 +100,18 @@ async def _on_rate_limited(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
+    # The type only: SQLAlchemy messages carry statement parameters (results, details).
+    log.warning("status store unavailable", error_type=type(exc).__name__)
+    return error_response(
+        request,
+        503,
+        "The status store is unavailable; try again later",
+        "StatusStoreUnavailableError",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", error_type=type(exc).__name__)
     return error_response(request, 500, "Internal server error", "InternalError")
@@ -110,4 +123,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PusherError, _on_pusher_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RateLimitExceeded, _on_rate_limited)
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, _on_store_error)
     app.add_exception_handler(Exception, _on_unexpected)

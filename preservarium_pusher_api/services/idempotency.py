@@ -23,7 +23,7 @@ from preservarium_pusher_api.core.exceptions import (
     IdempotencyKeyInProgressError,
     PusherError,
 )
-from preservarium_pusher_api.services.status_store import StatusStore
+from preservarium_pusher_api.services.status_store import STORE_ERRORS, StatusStore
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -107,5 +107,15 @@ class IdempotencyService:
             if not isinstance(exc, PusherError | asyncio.CancelledError):
                 log.error("submission with Idempotency-Key failed", error=type(exc).__name__)
             raise
-        await asyncio.shield(self._store.complete_idempotency_key(scope, key, status_code, body))
+        try:
+            await asyncio.shield(
+                self._store.complete_idempotency_key(scope, key, status_code, body)
+            )
+        except STORE_ERRORS as exc:
+            # The command is accepted: answer it. The pending claim makes a retry wait and,
+            # once stale, run again; that is logged here so it can be traced.
+            log.error(
+                "accepted, but the Idempotency-Key answer was not stored",
+                error_type=type(exc).__name__,
+            )
         return StoredAnswer(status_code, body, replayed=False)

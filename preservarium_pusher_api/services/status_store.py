@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import asyncpg
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -40,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from preservarium_pusher_api.contract import CommandStatus, StatusEvent
@@ -50,6 +52,10 @@ from preservarium_pusher_api.utils.logging import get_logger
 log = get_logger(__name__)
 
 SCHEMA_VERSION: Final = 1
+
+# What a database that is down or gone raises: SQLAlchemy wraps most driver errors, but not
+# those of opening a connection (asyncpg's own errors, refused sockets).
+STORE_ERRORS: Final = (SQLAlchemyError, asyncpg.PostgresError, sqlite3.Error, OSError)
 DETAIL_MAX_CHARS: Final = 500
 API_SOURCE: Final = "api"
 SWEEPER_SOURCE: Final = "sweeper"
@@ -334,7 +340,7 @@ class StatusStore:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except (OSError, DBAPIError, OperationalError):
+        except STORE_ERRORS:
             return False
         return True
 

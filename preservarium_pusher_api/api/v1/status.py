@@ -192,7 +192,6 @@ async def cancel_command(
             details=[{"request_id": request_id, "status": record.status.value}],
         )
     await pusher.push_cancel(request_id, record.device_id, record.protocol)
-    await status.writer.flush()  # the note must follow the command's own row
     await status.store.add_note(request_id, CommandStatus.QUEUED, "cancel requested")
     status.notifier.notify([request_id])
     return CancelResponse(
