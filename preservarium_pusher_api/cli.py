@@ -74,6 +74,13 @@ def run_tracker_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_connector_command(args: argparse.Namespace) -> int:
+    """A protocol connector (``pusher connector mqtt``); see ``connectors.main``."""
+    from connectors.main import main as connector_main
+
+    return connector_main(args.connector_args)
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Embedded Kafka-compatible broker plus the API, stopped together on Ctrl-C."""
     from preservarium_pusher_api.devtools.dev_stack import run_dev_stack
@@ -101,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus metrics (default TRACKER_METRICS_PORT)"
     )
     tracker.set_defaults(handler=run_tracker_command)
+
+    connector = commands.add_parser(
+        "connector",
+        help="a protocol connector: pusher connector mqtt [--metrics-port N] [--registry FILE]",
+    )
+    connector.add_argument("connector_args", nargs=argparse.REMAINDER, metavar="PROTOCOL ...")
+    connector.set_defaults(handler=run_connector_command)
 
     dev = commands.add_parser("dev", help="embedded Kafka-compatible broker + API for local use")
     dev.add_argument("--host", default="127.0.0.1", help="API bind address")

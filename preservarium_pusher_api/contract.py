@@ -6,7 +6,9 @@ This module is the single definition of what crosses Kafka. It imports pydantic 
 Commands topic (``device_commands``): key = ``device_id`` (UTF-8), value = ``CommandMessage``
 or ``CancelMessage`` JSON, headers ``kind``, ``protocol``, ``request_id``, ``content-type``
 and ``traceparent`` when known. Results topic (``device_command_results``): key =
-``request_id``, value = ``StatusEvent`` JSON.
+``request_id``, value = ``StatusEvent`` JSON. Presence topic (``device_presence``): key =
+``device_id``, value = ``DevicePresence`` JSON, written by connectors when a device comes
+online, goes offline or is heard from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SCHEMA_VERSION: Final = 1
 
 DEFAULT_COMMAND_TOPIC: Final = "device_commands"
 DEFAULT_RESULT_TOPIC: Final = "device_command_results"
+DEFAULT_PRESENCE_TOPIC: Final = "device_presence"
 DLQ_SUFFIX: Final = ".dlq"
 
 CONTENT_TYPE_JSON: Final = "application/json"
@@ -181,6 +184,26 @@ class StatusEvent(_WireModel):
     source: str
     detail: str | None = None
     result: Any = None
+
+
+class DispatchPolicy(StrEnum):
+    """When a connector hands a device its next command."""
+
+    BURST = "burst"  # no waiting
+    ON_ACK = "on_ack"  # after the transport acknowledged the previous one
+    ON_RESULT = "on_result"  # after the device answered the previous one (or it timed out)
+
+
+class DevicePresence(_WireModel):
+    """What a connector knows about a device being reachable, keyed by ``device_id``."""
+
+    schema_version: int = SCHEMA_VERSION
+    device_id: str
+    protocol: Protocol
+    online: bool | None = None
+    last_seen: UtcDateTime
+    source: str
+    detail: str | None = None
 
 
 def command_headers(

@@ -88,6 +88,7 @@ def make_settings(kafka: KafkaTarget, tmp_path: Path) -> SettingsFactory:
             "kafka_enable_idempotence": kafka.idempotence,
             "kafka_command_topic": f"commands-{suffix}",
             "kafka_result_topic": f"results-{suffix}",
+            "kafka_presence_topic": f"presence-{suffix}",
             "kafka_topic_partitions": 3,
             "kafka_producer_timeout": 5.0,
             "kafka_health_interval": 0.5,
@@ -214,3 +215,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path}/status.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Any]:
+    """A private Mosquitto on a free port for the whole session (never the shared 1883)."""
+    from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
+
+    with PrivateMosquitto() as broker:
+        yield broker

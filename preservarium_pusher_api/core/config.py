@@ -13,7 +13,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from preservarium_pusher_api import __version__
-from preservarium_pusher_api.contract import DEFAULT_COMMAND_TOPIC, DEFAULT_RESULT_TOPIC
+from preservarium_pusher_api.contract import (
+    DEFAULT_COMMAND_TOPIC,
+    DEFAULT_PRESENCE_TOPIC,
+    DEFAULT_RESULT_TOPIC,
+)
 from preservarium_pusher_api.core.exceptions import ConfigurationError
 
 
@@ -31,6 +35,7 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_command_topic: str = DEFAULT_COMMAND_TOPIC
     kafka_result_topic: str = DEFAULT_RESULT_TOPIC
+    kafka_presence_topic: str = DEFAULT_PRESENCE_TOPIC
     kafka_producer_timeout: float = Field(10.0, gt=0, le=300)
     kafka_enable_idempotence: bool = True
     kafka_linger_ms: int = Field(0, ge=0, le=1000)

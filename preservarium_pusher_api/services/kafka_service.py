@@ -233,6 +233,7 @@ class KafkaService:
         wanted = [
             settings.kafka_command_topic,
             settings.kafka_result_topic,
+            settings.kafka_presence_topic,
             dlq_topic(settings.kafka_command_topic),
         ]
         admin = AIOKafkaAdminClient(**connection_options(settings))

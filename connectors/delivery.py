@@ -1,0 +1,482 @@
+"""Delivering one command: checks, dispatch policy, retries, answers and deadlines.
+
+A ``DeviceLane`` runs one device's commands in order; the ``Dispatcher`` does the work for
+each. The rules that keep physical actions safe live here:
+
+* a command is only sent again when the transport says nothing left the process;
+* a request_id already handed to a device (this run, or in the journal) is not sent again;
+* a command past ``expires_at`` is reported ``expired`` and not sent;
+* a cancelled command is dropped before it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from connectors.dedupe import RecentRequests
+from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnavailable
+from connectors.observability import ConnectorMetrics
+from connectors.parsers import DeviceAnswer, load_parser
+from connectors.registry import DeviceEntry, DeviceRegistry
+from connectors.reporter import Reporter, backoff_delay
+from connectors.settings import ConnectorSettings
+from connectors.transport import Delivery, Receipt, Transport
+from preservarium_pusher_api.contract import (
+    CommandMessage,
+    CommandStatus,
+    DispatchPolicy,
+    utc_now,
+)
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+_READY_RECHECK_SECONDS = 0.5
+_FALLBACK_TIMEOUT_SECONDS = 300.0
+
+
+class Stage(Enum):
+    """Where a command is in this connector."""
+
+    WAITING = "waiting"  # queued behind the device's earlier commands, or held
+    SENDING = "sending"  # handed to the transport
+    SENT = "sent"  # the transport finished with it
+    DONE = "done"  # nothing more to do here
+
+
+@dataclass(eq=False)
+class Work:
+    """One command record taken from Kafka."""
+
+    command: CommandMessage
+    partition: Any
+    offset: int
+    taken_at: float = field(default_factory=time.perf_counter)
+    stage: Stage = Stage.WAITING
+    cancelled: bool = False
+    abandoned: bool = False  # its partition went to another instance before it was sent
+    last_status: CommandStatus = CommandStatus.QUEUED
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class PendingAnswer:
+    """A command handed to a device whose answer is awaited."""
+
+    device_id: str
+    sent_at: float
+    deadline: float
+    timeout: float
+    waiter: asyncio.Future[None] | None = None
+
+
+def resolve_policy(
+    command: CommandMessage, device: DeviceEntry | None, default: DispatchPolicy
+) -> DispatchPolicy:
+    """Dispatch policy: ``metadata.dispatch``, else the registry, else the default.
+
+    Raises:
+        CommandRejected: ``metadata.dispatch`` names no policy.
+    """
+    requested = command.metadata.get("dispatch")
+    if requested is not None:
+        try:
+            return DispatchPolicy(requested)
+        except ValueError:
+            choices = ", ".join(policy.value for policy in DispatchPolicy)
+            raise CommandRejected(f"metadata.dispatch must be one of {choices}") from None
+    if device is not None and device.dispatch is not None:
+        return device.dispatch
+    return default
+
+
+class Dispatcher:
+    """Delivers commands through one transport and reports what happened."""
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        transport: Transport,
+        registry: DeviceRegistry,
+        reporter: Reporter,
+        metrics: ConnectorMetrics,
+        recent: RecentRequests,
+        finish: Callable[[Work], None],
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._registry = registry
+        self._reporter = reporter
+        self._metrics = metrics
+        self._recent = recent
+        self._finish = finish
+        self._slots = asyncio.Semaphore(settings.connector_max_in_flight)
+        self.pending: dict[str, PendingAnswer] = {}
+        self.stopping = False
+
+    # -- one command ------------------------------------------------------------------
+
+    async def process(self, work: Work) -> None:
+        """Handle the lane's head command; returns when the lane may move on."""
+        command = work.command
+        if work.abandoned or self.stopping:
+            work.abandoned = True
+            return
+        if work.cancelled:
+            self._done(work)  # cancelled was reported when the cancel arrived
+            return
+        if self._expired(command):
+            await self._terminal(work, CommandStatus.EXPIRED, "expired before delivery")
+            return
+        if command.request_id in self._recent:
+            self._metrics.outcome("duplicate")
+            log.info(
+                "command already handed to the device; not sent again",
+                request_id=command.request_id,
+                device_id=command.device_id,
+            )
+            self._done(work)
+            return
+        try:
+            delivery, policy = self._prepare(command)
+        except CommandRejected as exc:
+            await self._terminal(work, CommandStatus.FAILED, exc.message)
+            return
+        if policy is DispatchPolicy.BURST:
+            if await self._hold(work, delivery):
+                task = asyncio.create_task(self._send(work, delivery, policy))
+                task.add_done_callback(_log_failure)
+            return
+        if await self._hold(work, delivery):
+            await self._send(work, delivery, policy)
+
+    def _prepare(self, command: CommandMessage) -> tuple[Delivery, DispatchPolicy]:
+        device = self._registry.get(command.device_id)
+        if device is None and (
+            self._transport.requires_registration or self._settings.connector_require_registration
+        ):
+            raise CommandRejected(f"unknown device {command.device_id!r}: not in the registry")
+        if device is not None and device.protocol != self._transport.protocol:
+            raise CommandRejected(
+                f"device {command.device_id!r} is registered for {device.protocol.value}, "
+                f"not {self._transport.protocol.value}"
+            )
+        target = self._transport.target(command, device)
+        parser = load_parser(command.parser_script_ref or (device.parser if device else None))
+        try:
+            frame = parser.encode(command)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise CommandRejected(f"parser could not encode the command: {exc}") from exc
+        timeout = (
+            command.timeout_seconds
+            or (device.timeout_seconds if device else None)
+            or self._settings.default_timeout_seconds
+            or _FALLBACK_TIMEOUT_SECONDS
+        )
+        policy = resolve_policy(command, device, self._default_policy())
+        return Delivery(command, frame, target, parser, device, timeout), policy
+
+    def _default_policy(self) -> DispatchPolicy:
+        if "connector_default_dispatch" in self._settings.model_fields_set:
+            return self._settings.connector_default_dispatch
+        return self._transport.default_dispatch
+
+    async def _hold(self, work: Work, delivery: Delivery) -> bool:
+        """Wait until the device may be sent to; False when the command ended meanwhile."""
+        command = work.command
+        while True:
+            if work.abandoned or self.stopping:
+                work.abandoned = True  # left uncommitted: the next owner delivers it
+                return False
+            if work.cancelled:
+                self._done(work)  # cancelled was reported when the cancel arrived
+                return False
+            if self._expired(command):
+                await self._terminal(work, CommandStatus.EXPIRED, "expired before delivery")
+                return False
+            if self._transport.ready(command.device_id):
+                await self._slots.acquire()
+                if work.cancelled or work.abandoned:
+                    self._slots.release()
+                    continue
+                return True
+            work.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.wake.wait(), self._recheck_after(command))
+
+    async def _send(self, work: Work, delivery: Delivery, policy: DispatchPolicy) -> None:
+        """Hand the command to the transport (a slot is held on entry), then wait per policy."""
+        attempt = 0
+        while True:
+            try:
+                outcome = await self._attempt(work, delivery, policy)
+            finally:
+                self._slots.release()
+            if isinstance(outcome, TransportUnavailable):
+                attempt += 1
+                if attempt >= self._settings.connector_retry_max_attempts:
+                    await self._terminal(
+                        work,
+                        CommandStatus.FAILED,
+                        f"not delivered after {attempt} attempts: {outcome.message}",
+                    )
+                    return
+                self._metrics.retries.labels(self._transport.protocol.value).inc()
+                await self._backoff(work, attempt)
+                if not await self._hold(work, delivery):
+                    return
+                continue
+            if outcome is None:
+                return
+            receipt, sent_report, pending = outcome
+            break
+        await self._after_send(work, receipt, sent_report)
+        if pending.waiter is not None:
+            await pending.waiter
+
+    async def _attempt(
+        self, work: Work, delivery: Delivery, policy: DispatchPolicy
+    ) -> tuple[Receipt | None, asyncio.Task[None], PendingAnswer] | TransportUnavailable | None:
+        """One hand-over; TransportUnavailable to retry, None when the command ended."""
+        command = work.command
+        request_id = command.request_id
+        self._recent.remember(request_id)
+        pending = self._expect_answer(command, delivery.timeout_seconds, policy)
+        work.stage = Stage.SENDING
+        sent_report: asyncio.Task[None] | None = None
+        try:
+            receipt_future = self._transport.submit(delivery)
+            sent_report = self._reporter.emit_later(
+                self._reporter.status_event(request_id, command.device_id, CommandStatus.SENT)
+            )
+            work.last_status = CommandStatus.SENT
+            return await receipt_future, sent_report, pending
+        except TransportUnavailable as exc:
+            # nothing left the process: safe to send again later
+            self._recent.forget(request_id)
+            self.pending.pop(request_id, None)
+            work.stage = Stage.WAITING
+            if sent_report is not None:
+                await sent_report
+            return exc
+        except DeliveryUncertain as exc:
+            self._metrics.outcome("uncertain")
+            log.warning(
+                "delivery not confirmed; not sending again",
+                request_id=request_id,
+                device_id=command.device_id,
+                reason=exc.message,
+            )
+            assert sent_report is not None
+            return None, sent_report, pending
+        except CommandRejected as exc:
+            self.pending.pop(request_id, None)
+            if sent_report is not None:
+                await sent_report
+            await self._terminal(work, CommandStatus.FAILED, exc.message)
+            return None
+
+    async def _backoff(self, work: Work, attempt: int) -> None:
+        delay = backoff_delay(attempt, self._settings.connector_retry_max_backoff_seconds)
+        log.info(
+            "transport unavailable; retrying",
+            request_id=work.command.request_id,
+            device_id=work.command.device_id,
+            attempt=attempt,
+            delay=round(delay, 2),
+        )
+        work.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(work.wake.wait(), delay)
+
+    async def _after_send(
+        self, work: Work, receipt: Receipt | None, sent_report: asyncio.Task[None]
+    ) -> None:
+        command = work.command
+        work.stage = Stage.SENT
+        reports = [sent_report]
+        if receipt is not None and receipt.acknowledged:
+            self._metrics.outcome("delivered")
+            self._metrics.delivery_latency.labels(self._transport.protocol.value).observe(
+                time.perf_counter() - work.taken_at
+            )
+            work.last_status = CommandStatus.DELIVERED
+            reports.append(
+                self._reporter.emit_later(
+                    self._reporter.status_event(
+                        command.request_id, command.device_id, CommandStatus.DELIVERED
+                    )
+                )
+            )
+        if receipt is not None and receipt.answer is not None:
+            self.device_answered(command.device_id, receipt.answer)
+        await asyncio.gather(*reports)
+        self._done(work)
+
+    def _expect_answer(
+        self, command: CommandMessage, timeout: float, policy: DispatchPolicy
+    ) -> PendingAnswer:
+        now = time.monotonic()
+        waiter = (
+            asyncio.get_running_loop().create_future()
+            if policy is DispatchPolicy.ON_RESULT
+            else None
+        )
+        pending = PendingAnswer(command.device_id, now, now + timeout, timeout, waiter)
+        self.pending[command.request_id] = pending
+        return pending
+
+    # -- answers and deadlines --------------------------------------------------------
+
+    def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
+        """Report a device's answer as the command's terminal status."""
+        pending = self.pending.get(answer.request_id)
+        if pending is not None and pending.device_id != device_id:
+            log.warning(
+                "answer from another device ignored",
+                request_id=answer.request_id,
+                device_id=device_id,
+            )
+            return
+        self.pending.pop(answer.request_id, None)
+        outcome = "succeeded" if answer.ok else "failed"
+        self._metrics.outcome(outcome)
+        self._metrics.device_answers.labels(
+            self._transport.protocol.value, "success" if answer.ok else "error"
+        ).inc()
+        if pending is not None:
+            self._metrics.answer_latency.labels(self._transport.protocol.value).observe(
+                time.monotonic() - pending.sent_at
+            )
+        status = CommandStatus.SUCCEEDED if answer.ok else CommandStatus.FAILED
+        self._reporter.emit_later(
+            self._reporter.status_event(
+                answer.request_id, device_id, status, detail=answer.error, result=answer.result
+            )
+        )
+        if pending is not None and pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(None)
+
+    def reap_deadlines(self) -> int:
+        """Report ``timed_out`` for every command whose answer is overdue; returns how many."""
+        now = time.monotonic()
+        overdue = [(rid, p) for rid, p in self.pending.items() if p.deadline <= now]
+        for request_id, pending in overdue:
+            del self.pending[request_id]
+            self._metrics.outcome("timed_out")
+            self._reporter.emit_later(
+                self._reporter.status_event(
+                    request_id,
+                    pending.device_id,
+                    CommandStatus.TIMED_OUT,
+                    detail=f"no answer within {pending.timeout:g} s",
+                )
+            )
+            if pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_result(None)
+        return len(overdue)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    async def _terminal(self, work: Work, status: CommandStatus, detail: str) -> None:
+        command = work.command
+        self._metrics.outcome(status.value)
+        log.info(
+            "command ended before delivery",
+            request_id=command.request_id,
+            device_id=command.device_id,
+            status=status.value,
+            reason=detail,
+        )
+        work.last_status = status
+        await self._reporter.emit(
+            self._reporter.status_event(command.request_id, command.device_id, status, detail)
+        )
+        self._done(work)
+
+    async def fail(self, work: Work, detail: str) -> None:
+        """End a command after an unexpected error; never sends it again."""
+        if work.stage is Stage.DONE:
+            return
+        if work.stage is Stage.WAITING:
+            await self._terminal(work, CommandStatus.FAILED, detail)
+        else:
+            self._done(work)  # it may have reached the device: its answer or deadline ends it
+
+    def _done(self, work: Work) -> None:
+        work.stage = Stage.DONE
+        self._finish(work)
+
+    @staticmethod
+    def _expired(command: CommandMessage) -> bool:
+        return command.expires_at is not None and command.expires_at <= utc_now()
+
+    @staticmethod
+    def _recheck_after(command: CommandMessage) -> float:
+        if command.expires_at is None:
+            return _READY_RECHECK_SECONDS
+        remaining = (command.expires_at - utc_now()).total_seconds()
+        return max(0.001, min(_READY_RECHECK_SECONDS, remaining))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("delivery task failed", error=type(exc).__name__, detail=str(exc)[:200])
+
+
+class DeviceLane:
+    """One device's commands, processed in order by one task that ends when idle."""
+
+    def __init__(
+        self, device_id: str, dispatcher: Dispatcher, on_idle: Callable[[str], None]
+    ) -> None:
+        self.device_id = device_id
+        self._dispatcher = dispatcher
+        self._on_idle = on_idle
+        self.queue: deque[Work] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, work: Work) -> None:
+        """Queue a command behind the device's earlier ones."""
+        self.queue.append(work)
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name=f"lane-{self.device_id}")
+
+    def wake(self) -> None:
+        """Re-check the head command now (presence changed, cancel arrived)."""
+        if self.queue:
+            self.queue[0].wake.set()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The running drain task, if any."""
+        return self._task
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                work = self.queue[0]
+                try:
+                    await self._dispatcher.process(work)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug must not stall the device forever
+                    log.exception(
+                        "command processing failed",
+                        request_id=work.command.request_id,
+                        device_id=self.device_id,
+                        error=type(exc).__name__,
+                    )
+                    await self._dispatcher.fail(work, f"connector error: {type(exc).__name__}")
+                self.queue.popleft()
+        finally:
+            self._task = None
+            if not self.queue:
+                self._on_idle(self.device_id)

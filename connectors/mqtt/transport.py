@@ -1,0 +1,228 @@
+"""MQTT transport: commands to ``{prefix}/{device_id}/command``, answers from ``+/result``.
+
+A persistent session (clean session off, a stable client id) keeps device answers queued
+at the broker while the connector restarts. Each connection is a new client, so a publish
+that was never confirmed is never re-sent by the library on reconnect: the runtime, not
+the MQTT stack, decides what may be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnavailable
+from connectors.registry import DeviceEntry
+from connectors.reporter import backoff_delay
+from connectors.settings import MqttSettings
+from connectors.transport import Delivery, Receipt, Transport
+from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+_TOPIC_MAX_LENGTH = 512
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host:1883`` or ``mqtts://host:8883`` → (host, port, tls)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"MQTT_BROKER_URL scheme must be mqtt or mqtts, not {parts.scheme!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+
+def check_topic(topic: object) -> str:
+    """A topic a command may be published to: no wildcards, no ``$`` topics.
+
+    Raises:
+        CommandRejected: the topic is not allowed.
+    """
+    if not isinstance(topic, str) or not topic:
+        raise CommandRejected("metadata.topic must be a non-empty string")
+    if "+" in topic or "#" in topic:
+        raise CommandRejected("metadata.topic must not contain MQTT wildcards (+ or #)")
+    if topic.startswith("$") or "\x00" in topic or len(topic) > _TOPIC_MAX_LENGTH:
+        raise CommandRejected("metadata.topic is not a publishable topic")
+    return topic
+
+
+def presence_from(payload: bytes) -> bool | None:
+    """``online``/``offline`` from a status message (plain text or ``{"status": …}``)."""
+    text = payload.decode("utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text).get("status", ""))
+        except (ValueError, AttributeError):
+            return None
+    lowered = text.lower()
+    if lowered == "online":
+        return True
+    if lowered == "offline":
+        return False
+    return None
+
+
+class MqttTransport(Transport):
+    """Delivers commands over one MQTT connection; see the module docstring."""
+
+    protocol = Protocol.MQTT
+    default_dispatch = DispatchPolicy.ON_ACK
+    requires_registration = False
+
+    def __init__(self, settings: MqttSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.host, self.port, self.tls = broker_address(settings.mqtt_broker_url)
+        self.prefix = settings.mqtt_topic_prefix
+        self._client: aiomqtt.Client | None = None
+        self.connections = 0
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the broker is up."""
+        return self._client is not None
+
+    def ready(self, device_id: str) -> bool:
+        """Connected, and (when holding for offline devices) the device is not offline."""
+        if self._client is None:
+            return False
+        if not self.settings.mqtt_hold_while_offline or self.events is None:
+            return True
+        return self.events.device_online(device_id) is not False
+
+    def target(self, command: CommandMessage, device: DeviceEntry | None) -> str:
+        """The command topic: ``metadata.topic``, the registry's, or the default."""
+        if "topic" in command.metadata:
+            return check_topic(command.metadata["topic"])
+        if device is not None and "topic" in device.address:
+            return check_topic(device.address["topic"])
+        return f"{self.prefix}/{command.device_id}/command"
+
+    def submit(self, delivery: Delivery) -> Awaitable[Receipt]:
+        """Start the publish now (tasks start in creation order, so order is kept)."""
+        return asyncio.ensure_future(self._publish(delivery))
+
+    async def _publish(self, delivery: Delivery) -> Receipt:
+        client = self._client
+        if client is None:
+            raise TransportUnavailable("not connected to the MQTT broker")
+        command = delivery.command
+        try:
+            await client.publish(
+                delivery.target, delivery.frame, qos=command.qos, retain=command.retain
+            )
+        except aiomqtt.MqttCodeError as exc:
+            if exc.rc is not None and exc.rc != 0 and not self._was_queued(exc):
+                raise TransportUnavailable(f"publish refused: {exc}") from exc
+            raise DeliveryUncertain(f"publish not confirmed: {exc}") from exc
+        except aiomqtt.MqttError as exc:
+            raise DeliveryUncertain(f"publish not confirmed: {exc}") from exc
+        return Receipt(acknowledged=command.qos >= 1)
+
+    @staticmethod
+    def _was_queued(exc: aiomqtt.MqttCodeError) -> bool:
+        # "Could not publish message" is raised before anything is written.
+        return "Could not publish" not in str(exc)
+
+    def health(self) -> dict[str, Any]:
+        """Broker connection for ``/health``."""
+        return {
+            "connected": self.connected,
+            "broker": f"{self.host}:{self.port}",
+            "connections": self.connections,
+            "last_error": self.last_error,
+        }
+
+    # -- connection -------------------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "identifier": settings.mqtt_client_id,
+            "clean_session": settings.mqtt_clean_session,
+            "keepalive": settings.mqtt_keepalive_seconds,
+            "max_inflight_messages": settings.mqtt_max_inflight,
+            "timeout": 10,
+        }
+        if settings.mqtt_username:
+            options["username"] = settings.mqtt_username
+            if settings.mqtt_password is not None:
+                options["password"] = settings.mqtt_password.get_secret_value()
+        if self.tls or settings.mqtt_tls_ca_file:
+            context = ssl.create_default_context(
+                cafile=str(settings.mqtt_tls_ca_file) if settings.mqtt_tls_ca_file else None
+            )
+            if settings.mqtt_tls_cert_file:
+                context.load_cert_chain(
+                    str(settings.mqtt_tls_cert_file),
+                    str(settings.mqtt_tls_key_file) if settings.mqtt_tls_key_file else None,
+                )
+            options["tls_context"] = context
+        return options
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        group = self.settings.mqtt_shared_group
+        share = f"$share/{group}/" if group else ""
+        return [(f"{share}{self.prefix}/+/result", 1), (f"{share}{self.prefix}/+/status", 1)]
+
+    async def run(self) -> None:
+        """Connect, subscribe, read answers; reconnect with capped backoff and jitter."""
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(self.host, self.port, **self._client_options()) as client:
+                    await client.subscribe(self._subscriptions())
+                    self._client = client
+                    self.connections += 1
+                    attempt = 0
+                    self.last_error = None
+                    log.info("mqtt connected", broker=f"{self.host}:{self.port}")
+                    if self.events is not None:
+                        self.events.transport_state(True)
+                    async for message in client.messages:
+                        self._on_message(message)
+            except aiomqtt.MqttError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("mqtt connection lost; reconnecting", error=self.last_error)
+            finally:
+                was_connected = self._client is not None
+                self._client = None
+                if was_connected and self.events is not None:
+                    self.events.transport_state(False)
+            attempt += 1
+            await asyncio.sleep(
+                backoff_delay(attempt, self.settings.mqtt_reconnect_max_backoff_seconds)
+            )
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+        device_id, _, kind = rest.rpartition("/")
+        if not device_id or "/" in device_id or self.events is None:
+            return
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if kind == "status":
+            if payload:
+                self.events.device_presence(device_id, presence_from(payload), None)
+            return
+        if kind != "result":
+            return
+        try:
+            answer = self.events.device_parser(device_id).decode(payload)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            self.events.answer_invalid(device_id)
+            log.warning("device answer not understood", device_id=device_id, error=str(exc)[:200])
+            return
+        except CommandRejected as exc:
+            log.warning("device answer not decoded", device_id=device_id, error=exc.message)
+            return
+        self.events.device_answered(device_id, answer)

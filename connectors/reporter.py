@@ -1,0 +1,168 @@
+"""Writes to Kafka for a connector: status events, device presence, dead letters.
+
+Every write is retried until the broker acknowledges it (a status that never reached the
+results topic must not let its offset be committed); the runtime gives up only when it
+is stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from connectors.settings import ConnectorSettings
+from preservarium_pusher_api.contract import (
+    HEADER_DLQ_REASON,
+    CommandStatus,
+    DevicePresence,
+    Protocol,
+    StatusEvent,
+    dlq_topic,
+    utc_now,
+)
+from preservarium_pusher_api.services.kafka_service import connection_options
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+_DETAIL_LIMIT = 500
+
+
+def backoff_delay(attempt: int, maximum: float, base: float = 0.2) -> float:
+    """Capped exponential backoff with jitter (half fixed, half random)."""
+    delay = min(maximum, base * 2 ** min(attempt, 16))
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
+
+
+class Reporter:
+    """The connector's Kafka producer."""
+
+    def __init__(self, settings: ConnectorSettings, protocol: Protocol) -> None:
+        self._settings = settings
+        self.protocol = protocol
+        self.source = settings.source_name(protocol)
+        self._producer: AIOKafkaProducer | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self, stopping: asyncio.Event) -> None:
+        """Connect, retrying with backoff until Kafka answers or ``stopping`` is set."""
+        attempt = 0
+        while not stopping.is_set():
+            producer = AIOKafkaProducer(
+                **connection_options(self._settings),
+                acks="all",
+                enable_idempotence=self._settings.kafka_enable_idempotence,
+                linger_ms=2,
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("kafka producer not connected; retrying", error=type(exc).__name__)
+                attempt += 1
+                await asyncio.sleep(backoff_delay(attempt, 5.0))
+                continue
+            self._producer = producer
+            return
+
+    async def stop(self, grace: float) -> None:
+        """Wait for background writes (up to ``grace`` seconds), flush and close."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=grace)
+        for task in list(self._background):
+            task.cancel()
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(self._producer.stop(), grace or 1)
+            self._producer = None
+
+    def status_event(
+        self,
+        request_id: str,
+        device_id: str,
+        status: CommandStatus,
+        detail: str | None = None,
+        result: Any = None,
+    ) -> StatusEvent:
+        """A StatusEvent from this connector, now."""
+        return StatusEvent(
+            request_id=request_id,
+            device_id=device_id,
+            status=status,
+            occurred_at=utc_now(),
+            source=self.source,
+            detail=detail[:_DETAIL_LIMIT] if detail else None,
+            result=result,
+        )
+
+    async def emit(self, event: StatusEvent) -> None:
+        """Write a status event to the results topic; returns once acknowledged."""
+        await self._write(
+            self._settings.kafka_result_topic,
+            event.request_id.encode(),
+            event.model_dump_json().encode(),
+            [],
+        )
+
+    def emit_later(self, event: StatusEvent) -> asyncio.Task[None]:
+        """``emit`` in the background (kept until done, awaited on stop)."""
+        task = asyncio.create_task(self.emit(event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def presence_later(self, device_id: str, online: bool | None, detail: str | None) -> None:
+        """Write a DevicePresence record in the background."""
+        presence = DevicePresence(
+            device_id=device_id,
+            protocol=self.protocol,
+            online=online,
+            last_seen=utc_now(),
+            source=self.source,
+            detail=detail,
+        )
+        task = asyncio.create_task(
+            self._write(
+                self._settings.kafka_presence_topic,
+                device_id.encode(),
+                presence.model_dump_json().encode(),
+                [],
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Copy an undecodable record to the DLQ with the reason in a header."""
+        headers = [(k, v) for k, v in record.headers if k != HEADER_DLQ_REASON]
+        headers.append((HEADER_DLQ_REASON, reason[:_DETAIL_LIMIT].encode()))
+        await self._write(
+            dlq_topic(self._settings.kafka_command_topic),
+            record.key,
+            record.value or b"",
+            headers,
+        )
+
+    async def _write(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        attempt = 0
+        while True:
+            producer = self._producer
+            if producer is None:
+                raise RuntimeError("reporter is not started")
+            try:
+                ack = await producer.send(topic, value, key=key, headers=headers)
+                await ack
+                return
+            except (KafkaError, TimeoutError) as exc:
+                attempt += 1
+                log.warning("kafka write failed; retrying", topic=topic, error=type(exc).__name__)
+                await asyncio.sleep(backoff_delay(attempt, 5.0))

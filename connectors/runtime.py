@@ -1,0 +1,453 @@
+"""The connector runtime: commands topic → per-device lanes → transport → results topic.
+
+One consumer group per protocol (``pusher-connector-{protocol}``). Records of other
+protocols are skipped by their ``protocol`` header without decoding the value. Each
+device's commands run in order in its own lane; lanes run in parallel. An offset is
+committed only when every record before it in the partition is finished (see
+``offsets.py``), so a crash re-delivers instead of losing; the sent-command journal
+(``dedupe.py``) keeps a re-delivered command from reaching the device twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from connectors.dedupe import RecentRequests
+from connectors.delivery import DeviceLane, Dispatcher, Stage, Work
+from connectors.observability import ConnectorMetrics, health_app, serve_health
+from connectors.offsets import OffsetBook
+from connectors.parsers import DeviceAnswer, Parser, load_parser
+from connectors.registry import DeviceRegistry
+from connectors.reporter import Reporter, backoff_delay
+from connectors.settings import ConnectorSettings
+from connectors.transport import Transport
+from preservarium_pusher_api.contract import (
+    HEADER_KIND,
+    HEADER_PROTOCOL,
+    CancelMessage,
+    CommandMessage,
+    CommandStatus,
+    MessageKind,
+)
+from preservarium_pusher_api.services.kafka_service import consumer_options
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+_CANCELS_REMEMBERED = 10_000
+_LAG_EVERY_SECONDS = 5.0
+
+
+def group_id(protocol: str) -> str:
+    """The consumer group of a protocol's connectors."""
+    return f"pusher-connector-{protocol}"
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runtime: ConnectorRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._runtime.hand_back(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class ConnectorRuntime:
+    """Runs one transport as a connector until ``stop()``; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        transport: Transport,
+        *,
+        group: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.protocol = transport.protocol.value
+        self.group = group or group_id(self.protocol)
+        self.metrics = ConnectorMetrics(self.protocol)
+        self.registry = DeviceRegistry(
+            settings.device_registry_path, settings.registry_reload_seconds
+        )
+        journal = (
+            settings.connector_state_dir / f"{self.protocol}-sent.journal"
+            if settings.connector_state_dir
+            else None
+        )
+        self.recent = RecentRequests(settings.connector_dedupe_size, journal)
+        self.reporter = Reporter(settings, transport.protocol)
+        self.offsets = OffsetBook()
+        self.dispatcher = Dispatcher(
+            settings,
+            transport,
+            self.registry,
+            self.reporter,
+            self.metrics,
+            self.recent,
+            self._finish,
+        )
+        self.lanes: dict[str, DeviceLane] = {}
+        self.works: dict[str, Work] = {}
+        self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        self._presence: dict[str, tuple[bool | None, float]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._commit_now = asyncio.Event()
+        self._dlq_tasks: set[asyncio.Task[None]] = set()
+        self._connections = 0
+        self.consuming = asyncio.Event()
+        transport.bind(self)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the runtime to stop (SIGTERM): no more fetching, hand back, commit, exit."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``; returns after a graceful shutdown."""
+        self.recent.open()
+        self.registry.load()
+        app = health_app(self.metrics, self.health)
+        async with serve_health(
+            app, self.settings.connector_metrics_host, self.settings.connector_metrics_port
+        ):
+            await self.reporter.start(self._stopping)
+            helpers = [
+                asyncio.create_task(self.transport.run(), name="transport"),
+                asyncio.create_task(self.registry.watch(), name="registry-watch"),
+                asyncio.create_task(self._reap_forever(), name="deadlines"),
+            ]
+            try:
+                await self._consume_forever()
+            finally:
+                await self._shutdown(helpers)
+
+    async def _finish_sending(self) -> None:
+        """Stop taking commands to devices; let those being sent finish (bounded)."""
+        self.dispatcher.stopping = True
+        for lane in self.lanes.values():
+            lane.wake()
+        deadline = time.monotonic() + self.settings.connector_shutdown_grace_seconds
+        sending = [w for w in self.works.values() if w.stage in (Stage.SENDING, Stage.SENT)]
+        if sending:
+            log.info("waiting for commands being sent", count=len(sending))
+        # polls a handful of states, bounded by the grace period
+        while time.monotonic() < deadline and (  # noqa: ASYNC110
+            any(w.stage in (Stage.SENDING, Stage.SENT) for w in sending) or self._dlq_tasks
+        ):
+            await asyncio.sleep(0.05)
+
+    async def _shutdown(self, helpers: list[asyncio.Task[Any]]) -> None:
+        self.dispatcher.stopping = True
+        await self.reporter.stop(self.settings.connector_shutdown_grace_seconds)
+        for task in helpers:
+            task.cancel()
+        for lane in list(self.lanes.values()):
+            if lane.task is not None:
+                lane.task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        self.recent.close()
+        log.info("connector stopped", protocol=self.protocol)
+
+    def health(self) -> dict[str, Any]:
+        """State for ``GET /health``."""
+        ok = self.consuming.is_set() and self.transport.connected
+        return {
+            "ok": ok,
+            "protocol": self.protocol,
+            "kafka": "consuming" if self.consuming.is_set() else "not consuming",
+            "transport": self.transport.health(),
+            "in_flight": self.offsets.total_pending(),
+            "devices_registered": len(self.registry),
+            "registry_error": self.registry.last_error,
+        }
+
+    # -- Kafka ------------------------------------------------------------------------
+
+    async def _consume_forever(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            consumer = AIOKafkaConsumer(
+                **consumer_options(self.settings, self.group),
+                max_poll_records=500,
+            )
+            consumer.subscribe([self.settings.kafka_command_topic], listener=_Rebalance(self))
+            try:
+                await consumer.start()
+                self._consumer = consumer
+                log.info("connector consuming", topic=self.settings.kafka_command_topic)
+                attempt = 0
+                await self._consume(consumer)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("connector lost kafka; reconnecting", error=type(exc).__name__)
+                attempt += 1
+                await self._sleep(backoff_delay(attempt, 5.0))
+            finally:
+                self.consuming.clear()
+                await self._commit(consumer)
+                self._consumer = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 10)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        committer = asyncio.create_task(self._commit_forever(consumer), name="commits")
+        last_lag = 0.0
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure(consumer)
+                batches = await consumer.getmany(timeout_ms=100, max_records=500)
+                self.consuming.set()
+                for partition, records in batches.items():
+                    for record in records:
+                        self._take(partition, record)
+                self.metrics.in_flight.labels(self.protocol).set(self.offsets.total_pending())
+                if time.monotonic() - last_lag > _LAG_EVERY_SECONDS:
+                    last_lag = time.monotonic()
+                    await self._update_lag(consumer)
+            await self._finish_sending()
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        limit = self.settings.connector_max_pending_per_partition
+        paused = consumer.paused()
+        for partition in consumer.assignment():
+            pending = self.offsets.pending(partition)
+            if partition not in paused and pending >= limit:
+                consumer.pause(partition)
+            elif partition in paused and pending < limit // 2:
+                consumer.resume(partition)
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            if highwater is None:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                position = await consumer.position(partition)
+                self.metrics.partition_lag.labels(self.protocol, str(partition.partition)).set(
+                    max(0, highwater - position)
+                )
+
+    async def _commit_forever(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._commit_now.wait(), self.settings.connector_commit_interval_seconds
+                )
+            self._commit_now.clear()
+            await self._commit(consumer)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition] | None = None
+    ) -> None:
+        positions = self.offsets.to_commit(partitions)
+        if not positions:
+            return
+        try:
+            await consumer.commit(positions)
+        except (KafkaError, AssertionError) as exc:
+            # not committed: those records come again (and the journal skips them)
+            log.warning("offset commit failed", error=type(exc).__name__)
+            return
+        self.offsets.committed(positions)
+
+    async def hand_back(self, revoked: list[TopicPartition]) -> None:
+        """Partitions go to another instance: commit what is finished, drop the rest."""
+        revoked_set = set(revoked)
+        for work in self.works.values():
+            if work.partition in revoked_set and work.stage is Stage.WAITING:
+                work.abandoned = True
+                work.wake.set()
+        if self._consumer is not None:
+            await self._commit(self._consumer, revoked)
+        self.offsets.forget(revoked)
+        if revoked:
+            log.info("partitions handed back", partitions=sorted(tp.partition for tp in revoked))
+
+    # -- records ----------------------------------------------------------------------
+
+    def _take(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.offsets.track(partition, record.offset)
+        headers = dict(record.headers)
+        protocol = headers.get(HEADER_PROTOCOL)
+        if protocol is not None and protocol.decode(errors="replace") != self.protocol:
+            self.offsets.finish(partition, record.offset)  # another connector's record
+            return
+        if headers.get(HEADER_KIND) == MessageKind.CANCEL.value.encode():
+            self._take_cancel(partition, record)
+            return
+        try:
+            if record.value is None:
+                raise ValueError("record has no value")
+            command = CommandMessage.model_validate_json(record.value)
+        except (ValidationError, ValueError) as exc:
+            self._dead_letter(partition, record, exc)
+            return
+        if command.protocol.value != self.protocol:
+            self.offsets.finish(partition, record.offset)
+            return
+        work = Work(command, partition, record.offset)
+        if command.request_id in self._early_cancels:
+            del self._early_cancels[command.request_id]
+            work.cancelled = True
+            self.metrics.outcome("cancelled")
+            self.reporter.emit_later(
+                self.reporter.status_event(
+                    command.request_id,
+                    command.device_id,
+                    CommandStatus.CANCELLED,
+                    "cancelled before it was sent to the device",
+                )
+            )
+        self.works[command.request_id] = work
+        lane = self.lanes.get(command.device_id)
+        if lane is None:
+            lane = self.lanes[command.device_id] = DeviceLane(
+                command.device_id, self.dispatcher, self._lane_idle
+            )
+        lane.add(work)
+
+    def _take_cancel(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            cancel = CancelMessage.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            self._dead_letter(partition, record, exc)
+            return
+        self.offsets.finish(partition, record.offset)
+        work = self.works.get(cancel.request_id)
+        if work is not None and work.stage is Stage.WAITING and not work.cancelled:
+            work.cancelled = True
+            work.wake.set()
+            self.metrics.outcome("cancelled")
+            log.info("command cancelled before sending", request_id=cancel.request_id)
+            self.reporter.emit_later(
+                self.reporter.status_event(
+                    cancel.request_id,
+                    cancel.device_id,
+                    CommandStatus.CANCELLED,
+                    "cancelled before it was sent to the device",
+                )
+            )
+            return
+        if work is not None or cancel.request_id in self.recent:
+            status = work.last_status if work is not None else CommandStatus.SENT
+            if work is not None and work.cancelled:
+                return  # a second cancel for the same command
+            log.info("cancel arrived after sending; ignored", request_id=cancel.request_id)
+            self.reporter.emit_later(
+                self.reporter.status_event(
+                    cancel.request_id,
+                    cancel.device_id,
+                    status if not status.is_terminal else CommandStatus.SENT,
+                    "cancel arrived after the command was sent; not cancelled",
+                )
+            )
+            return
+        # Not seen yet (e.g. the command is still ahead of us after a rebalance).
+        self._early_cancels[cancel.request_id] = None
+        while len(self._early_cancels) > _CANCELS_REMEMBERED:
+            self._early_cancels.popitem(last=False)
+
+    def _dead_letter(
+        self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes], exc: Exception
+    ) -> None:
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+        self.metrics.outcome("dlq")
+        log.warning(
+            "undecodable record sent to the dead-letter topic",
+            partition=partition.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+        )
+
+        async def write() -> None:
+            await self.reporter.dead_letter(record, reason)
+            self.offsets.finish(partition, record.offset)
+
+        task = asyncio.create_task(write())
+        self._dlq_tasks.add(task)
+        task.add_done_callback(self._dlq_tasks.discard)
+
+    def _finish(self, work: Work) -> None:
+        self.works.pop(work.command.request_id, None)
+        self.offsets.finish(work.partition, work.offset)
+
+    def _lane_idle(self, device_id: str) -> None:
+        lane = self.lanes.get(device_id)
+        if lane is not None and not lane.queue:
+            del self.lanes[device_id]
+
+    # -- what devices say (DeviceEvents) ----------------------------------------------
+
+    def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
+        """A device answered; report it and let its lane go on."""
+        self.device_presence(device_id, None, None)
+        self.dispatcher.device_answered(device_id, answer)
+
+    def device_presence(self, device_id: str, online: bool | None, detail: str | None) -> None:
+        """Presence changes go to the presence topic; heartbeats at most every N seconds."""
+        previous, emitted_at = self._presence.get(device_id, (None, 0.0))
+        state = previous if online is None else online
+        now = time.monotonic()
+        changed = online is not None and online != previous
+        if changed or now - emitted_at >= self._heartbeat_seconds():
+            self._presence[device_id] = (state, now)
+            self.reporter.presence_later(device_id, state, detail)
+            if changed:
+                log.info("device presence", device_id=device_id, online=state)
+        lane = self.lanes.get(device_id)
+        if lane is not None and changed:
+            lane.wake()
+
+    def device_online(self, device_id: str) -> bool | None:
+        """What the device last said: True online, False offline, None never heard."""
+        return self._presence.get(device_id, (None, 0.0))[0]
+
+    def device_parser(self, device_id: str) -> Parser:
+        """The parser for a device's answers: its registry parser or the default."""
+        device = self.registry.get(device_id)
+        return load_parser(device.parser if device else None)
+
+    def answer_invalid(self, device_id: str) -> None:
+        """Count an answer the parser could not read."""
+        self.metrics.device_answers.labels(self.protocol, "invalid").inc()
+
+    def transport_state(self, connected: bool) -> None:
+        """The transport (re)connected or lost its connection."""
+        self.metrics.transport_connected.labels(self.protocol).set(1 if connected else 0)
+        if connected:
+            self._connections += 1
+            if self._connections > 1:
+                self.metrics.reconnects.labels(self.protocol).inc()
+            for lane in self.lanes.values():
+                lane.wake()
+
+    def _heartbeat_seconds(self) -> float:
+        return float(getattr(self.settings, "mqtt_presence_heartbeat_seconds", 30.0))
+
+    # -- deadlines --------------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self.dispatcher.reap_deadlines()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

@@ -1,0 +1,88 @@
+"""Settings shared by every connector, plus each protocol's own.
+
+Connectors read the same environment as the API (``KAFKA_*``, ``LOG_*``) and add their own
+names; every setting has a default that works on a developer machine.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from preservarium_pusher_api.contract import DispatchPolicy, Protocol, check_identifier
+from preservarium_pusher_api.core.config import Settings
+
+
+class ConnectorSettings(Settings):
+    """Settings of the shared connector runtime."""
+
+    device_registry_path: Path | None = None
+    registry_reload_seconds: float = Field(1.0, gt=0, le=3600)
+    connector_metrics_port: int = Field(9102, ge=0, le=65535)
+    connector_metrics_host: str = "0.0.0.0"
+    connector_id: str = Field(default_factory=lambda: socket.gethostname())
+    # Unset: the protocol's own default (on_ack for MQTT, on_result for HTTP).
+    connector_default_dispatch: DispatchPolicy = DispatchPolicy.ON_ACK
+    # Refuse devices missing from the registry even where the protocol could reach them.
+    connector_require_registration: bool = False
+    # Upper bound on deliveries running at once (across devices).
+    connector_max_in_flight: int = Field(256, ge=1, le=100_000)
+    # Records fetched but not finished, per partition, before fetching from it pauses.
+    connector_max_pending_per_partition: int = Field(2000, ge=10)
+    connector_commit_interval_seconds: float = Field(0.2, gt=0, le=60)
+    # Retries when the device surely did not get the command (no connection).
+    connector_retry_max_attempts: int = Field(8, ge=1, le=1000)
+    connector_retry_max_backoff_seconds: float = Field(10.0, gt=0, le=600)
+    connector_shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    # request_ids handed to a device are remembered (and journaled in the state dir) so a
+    # re-delivered record is never sent twice.
+    connector_dedupe_size: int = Field(100_000, ge=100)
+    connector_state_dir: Path | None = Path("./connector-state")
+
+    def source_name(self, protocol: Protocol) -> str:
+        """The ``source`` written into status events, e.g. ``connector-mqtt-host1``."""
+        return f"connector-{protocol.value}-{self.connector_id}"
+
+
+class MqttSettings(ConnectorSettings):
+    """Settings of the MQTT connector (``MQTT_*``)."""
+
+    mqtt_broker_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    # Stable per instance: the broker keeps this session (subscriptions and device answers)
+    # while the connector restarts.
+    mqtt_client_id: str = Field(
+        default_factory=lambda: f"pusher-connector-mqtt-{socket.gethostname()}"[:64]
+    )
+    mqtt_clean_session: bool = False
+    mqtt_keepalive_seconds: int = Field(30, ge=5, le=3600)
+    mqtt_topic_prefix: str = "lab"
+    mqtt_max_inflight: int = Field(200, ge=1, le=65535)
+    mqtt_reconnect_max_backoff_seconds: float = Field(10.0, gt=0, le=600)
+    # A device whose retained status says offline gets nothing until it is back (or the
+    # command expires): physical actions are not queued in the broker for later.
+    mqtt_hold_while_offline: bool = True
+    # Seconds between last_seen updates sent for a device that keeps answering.
+    mqtt_presence_heartbeat_seconds: float = Field(30.0, gt=0)
+    # MQTT shared subscription group for answers when several connectors run, e.g.
+    # "pusher" → "$share/pusher/lab/+/result"; empty = every instance reads every answer.
+    mqtt_shared_group: str | None = None
+
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _prefix_has_no_wildcards(cls, value: str) -> str:
+        parts = value.split("/")
+        for part in parts:
+            check_identifier(part)
+        return value
+
+    @field_validator("mqtt_shared_group", "mqtt_username", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value

@@ -1,0 +1,230 @@
+"""A Pico W on CPython: the firmware's MQTT wire protocol, for tests, benchmarks and ``pusher dev``.
+
+Speaks exactly what ``firmware/pico_w`` speaks: subscribes ``{prefix}/{id}/command`` (QoS 1,
+persistent session), runs one task at a time, answers on ``{prefix}/{id}/result``
+``{"request_id", "task", "status": "success"|"error", "result"|"error", "timestamp"}``,
+keeps a retained ``{"status": "online"}`` on ``{prefix}/{id}/status`` with a last will
+``{"status": "offline"}``, and never runs a request_id twice (a repeat gets the stored
+answer again). Latency, error rate and offline periods are configurable.
+
+Run one: ``python -m preservarium_pusher_api.devtools.pico_simulator --device-id pico-1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from preservarium_pusher_api.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+RECENT_REQUESTS = 64  # as on the board: a small, bounded memory
+
+
+def _read_sensor(sensor_pin: int = 26) -> dict[str, Any]:
+    raw = random.randint(0, 65535)  # noqa: S311 - a simulated reading
+    return {
+        "sensor_pin": sensor_pin,
+        "raw_value": raw,
+        "voltage": raw / 65535 * 3.3,
+        "timestamp": time.time(),
+    }
+
+
+def _control_led(pin: int, state: bool) -> str:
+    return f"LED on pin {pin} {'ON' if state else 'OFF'}"
+
+
+def _move_servo(pin: int, angle: int) -> str:
+    if not 0 <= angle <= 180:
+        raise ValueError("angle must be between 0 and 180")
+    return f"Servo on pin {pin} moved to {angle} degrees"
+
+
+@dataclass
+class SimulatedPico:
+    """One simulated board; ``run()`` keeps it connected until cancelled."""
+
+    device_id: str
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    prefix: str = "lab"
+    latency: float = 0.0
+    error_rate: float = 0.0
+    seed: int | None = None
+    executed: Counter[str] = field(default_factory=Counter)
+    order: list[str] = field(default_factory=list)
+    duplicates_absorbed: int = 0
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)  # noqa: S311 - simulation
+        self._answers: OrderedDict[str, bytes] = OrderedDict()
+        self._online = asyncio.Event()
+        self._online.set()
+        self._offline = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.tasks: dict[str, Callable[..., Any]] = {
+            "read_sensor": _read_sensor,
+            "control_led": _control_led,
+            "move_servo": _move_servo,
+            "get_device_status": self._device_status,
+        }
+
+    @property
+    def command_topic(self) -> str:
+        """Where commands arrive."""
+        return f"{self.prefix}/{self.device_id}/command"
+
+    def _device_status(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "free_memory": 150_000,
+            "platform": "micropython-simulator",
+            "tasks_available": sorted(self.tasks),
+            "uptime_ms": int(time.monotonic() * 1000),
+        }
+
+    def go_offline(self) -> None:
+        """Say offline and disconnect until ``go_online``."""
+        self._online.clear()
+        self._offline.set()
+
+    def go_online(self) -> None:
+        """Connect again after ``go_offline``."""
+        self._offline.clear()
+        self._online.set()
+
+    async def run(self) -> None:
+        """Stay connected (reconnecting like mqtt_as) and serve commands."""
+        will = aiomqtt.Will(self._topic("status"), b'{"status": "offline"}', qos=1, retain=True)
+        while True:
+            await self._online.wait()
+            try:
+                async with aiomqtt.Client(
+                    self.broker_host,
+                    self.broker_port,
+                    identifier=f"sim-{self.device_id}",
+                    clean_session=False,
+                    will=will,
+                    keepalive=10,
+                ) as client:
+                    await client.subscribe(self.command_topic, qos=1)
+                    await client.publish(
+                        self._topic("status"), b'{"status": "online"}', qos=1, retain=True
+                    )
+                    self.connections += 1
+                    self.connected.set()
+                    serving = asyncio.create_task(self._serve(client))
+                    going_offline = asyncio.create_task(self._offline.wait())
+                    try:
+                        await asyncio.wait(
+                            {serving, going_offline}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        for task in (serving, going_offline):
+                            task.cancel()
+                        await asyncio.gather(serving, going_offline, return_exceptions=True)
+                    if serving.done() and not serving.cancelled() and serving.exception():
+                        raise serving.exception()  # type: ignore[misc]
+                    # asked to go offline: say so as the last will would
+                    await client.publish(
+                        self._topic("status"), b'{"status": "offline"}', qos=1, retain=True
+                    )
+            except aiomqtt.MqttError as exc:
+                log.info("simulator lost the broker", device_id=self.device_id, error=str(exc))
+                self.connected.clear()
+                await asyncio.sleep(0.2)
+            finally:
+                self.connected.clear()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            answer = await self.handle(payload)
+            if answer is not None:
+                await client.publish(self._topic("result"), answer, qos=1)
+
+    async def handle(self, payload: bytes) -> bytes | None:
+        """Run one command envelope; the answer bytes (None for a message that is not one)."""
+        try:
+            envelope = json.loads(payload)
+            request_id = envelope["request_id"]
+            task = envelope["task"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if request_id in self._answers:
+            self.duplicates_absorbed += 1
+            return self._answers[request_id]
+        self.executed[request_id] += 1
+        self.order.append(request_id)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        answer: dict[str, Any] = {"request_id": request_id, "task": task}
+        try:
+            function = self.tasks.get(task)
+            if function is None:
+                raise ValueError(f"Task '{task}' not found")
+            if self.error_rate and self._random.random() < self.error_rate:
+                raise RuntimeError("simulated device error")
+            answer["status"] = "success"
+            answer["result"] = function(**envelope.get("parameters", {}))
+        except Exception as exc:  # the board reports every task error, it never crashes
+            answer["status"] = "error"
+            answer["error"] = str(exc)
+        answer["timestamp"] = time.time()
+        encoded = json.dumps(answer).encode()
+        self._answers[request_id] = encoded
+        while len(self._answers) > RECENT_REQUESTS:
+            self._answers.popitem(last=False)
+        return encoded
+
+    def _topic(self, kind: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{kind}"
+
+
+async def run_simulators(simulators: list[SimulatedPico]) -> None:
+    """Run several simulators until cancelled."""
+    await asyncio.gather(*(simulator.run() for simulator in simulators))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m preservarium_pusher_api.devtools.pico_simulator``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device-id", action="append", required=True, help="repeatable")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--prefix", default="lab")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per command")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of failing tasks")
+    args = parser.parse_args(argv)
+    url = urlsplit(args.broker)
+    simulators = [
+        SimulatedPico(
+            device_id,
+            url.hostname or "127.0.0.1",
+            url.port or 1883,
+            args.prefix,
+            args.latency,
+            args.error_rate,
+        )
+        for device_id in args.device_id
+    ]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulators(simulators))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

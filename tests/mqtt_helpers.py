@@ -1,0 +1,107 @@
+"""Helpers for connector tests: a connector running in this event loop, MQTT listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from connectors.mqtt.transport import MqttTransport
+from connectors.runtime import ConnectorRuntime
+from connectors.settings import MqttSettings
+from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
+from preservarium_pusher_api.devtools.pico_simulator import SimulatedPico
+
+
+def mqtt_settings(
+    base: Settings, broker: PrivateMosquitto, state_dir: Path, **overrides: Any
+) -> MqttSettings:
+    """Connector settings on the test's Kafka topics and the private broker."""
+    values = base.model_dump()
+    values.update(
+        {
+            "mqtt_broker_url": broker.url,
+            "mqtt_topic_prefix": overrides.pop("prefix", f"t{uuid.uuid4().hex[:8]}"),
+            "mqtt_client_id": f"connector-{uuid.uuid4().hex[:8]}",
+            "connector_metrics_port": 0,
+            "connector_state_dir": state_dir,
+            "connector_id": "test",
+            "mqtt_reconnect_max_backoff_seconds": 0.5,
+            "connector_retry_max_backoff_seconds": 0.5,
+        }
+    )
+    values.update(overrides)
+    return MqttSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def running_connector(settings: MqttSettings) -> AsyncIterator[ConnectorRuntime]:
+    """An MQTT connector in this loop, consuming and connected; stopped gracefully after."""
+    runtime = ConnectorRuntime(settings, MqttTransport(settings))
+    task = asyncio.create_task(runtime.run())
+    try:
+        async with asyncio.timeout(20):
+            while not (runtime.consuming.is_set() and runtime.transport.connected):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+        yield runtime
+    finally:
+        runtime.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def simulators(
+    broker: PrivateMosquitto, prefix: str, *device_ids: str, **options: Any
+) -> AsyncIterator[list[SimulatedPico]]:
+    """Simulated Pico W boards, connected before the block starts."""
+    sims = [
+        SimulatedPico(device_id, broker.host, broker.port, prefix, **options)
+        for device_id in device_ids
+    ]
+    tasks = [asyncio.create_task(sim.run()) for sim in sims]
+    try:
+        async with asyncio.timeout(10):
+            for sim in sims:
+                await sim.connected.wait()
+        yield sims
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def mqtt_listener(broker: PrivateMosquitto, topic: str) -> AsyncIterator[list[Any]]:
+    """Collect every message on ``topic`` (wildcards allowed) as (topic, payload, retain)."""
+    received: list[Any] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(topic, qos=1)
+
+        async def collect() -> None:
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                received.append((message.topic.value, payload, message.retain))
+
+        task = asyncio.create_task(collect())
+        try:
+            yield received
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+def envelope(payload: bytes) -> dict[str, Any]:
+    """A published command decoded."""
+    decoded: dict[str, Any] = json.loads(payload)
+    return decoded
