@@ -76,7 +76,7 @@ class ConnectorRuntime:
         self.settings = settings
         self.transport = transport
         self.protocol = transport.protocol.value
-        self.group = group or group_id(self.protocol)
+        self.group = group or settings.connector_group_id or group_id(self.protocol)
         self.metrics = ConnectorMetrics(self.protocol)
         self.registry = DeviceRegistry(
             settings.device_registry_path, settings.registry_reload_seconds

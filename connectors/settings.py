@@ -20,6 +20,8 @@ class ConnectorSettings(Settings):
 
     device_registry_path: Path | None = None
     registry_reload_seconds: float = Field(1.0, gt=0, le=3600)
+    # Default: pusher-connector-{protocol}; every instance of a protocol shares it.
+    connector_group_id: str | None = None
     connector_metrics_port: int = Field(9102, ge=0, le=65535)
     connector_metrics_host: str = "0.0.0.0"
     connector_id: str = Field(default_factory=lambda: socket.gethostname())

@@ -19,7 +19,7 @@ from preservarium_pusher_api.api.dependencies import (
 )
 from preservarium_pusher_api.api.errors import install_error_handlers
 from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from preservarium_pusher_api.api.v1 import commands, health, monitoring
+from preservarium_pusher_api.api.v1 import commands, devices, health, monitoring
 from preservarium_pusher_api.api.v1 import status as status_routes
 from preservarium_pusher_api.core.config import Settings, split_csv
 from preservarium_pusher_api.services.idempotency import IdempotencyService
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         status_routes.build_router(limiter, settings.rate_limit), dependencies=[auth]
     )
+    app.include_router(devices.build_router(), dependencies=[auth])
     app.include_router(monitoring.status_router, dependencies=[auth])
     app.include_router(monitoring.metrics_router)
 

@@ -33,6 +33,7 @@ def mqtt_settings(
             "connector_metrics_port": 0,
             "connector_state_dir": state_dir,
             "connector_id": "test",
+            "connector_group_id": f"connector-{uuid.uuid4().hex[:8]}",
             "mqtt_reconnect_max_backoff_seconds": 0.5,
             "connector_retry_max_backoff_seconds": 0.5,
         }

@@ -237,3 +237,22 @@ class CancelResponse(BaseModel):
     request_id: str
     status: CommandStatus
     message: str
+
+
+class DeviceResponse(BaseModel):
+    """A device as the connectors last heard from it."""
+
+    device_id: str
+    protocol: str | None = Field(None, description="Protocol of the connector that saw it")
+    online: bool | None = Field(
+        None, description="Last presence the device announced; null when never heard"
+    )
+    last_seen: datetime | None = Field(None, description="Last message from the device")
+    pending_commands: int = Field(description="Commands not yet in a terminal status")
+    detail: str | None = None
+
+
+class DeviceListResponse(BaseModel):
+    """Devices heard from or with pending commands, by device_id."""
+
+    items: list[DeviceResponse]

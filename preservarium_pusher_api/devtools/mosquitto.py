@@ -9,8 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 import time
+from pathlib import Path
 from types import TracebackType
 
 from preservarium_pusher_api.devtools.embedded_kafka import free_port, wait_for_port

@@ -22,6 +22,7 @@ import asyncpg
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -51,7 +52,7 @@ from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # What a database that is down or gone raises: SQLAlchemy wraps most driver errors, but not
 # those of opening a connection (asyncpg's own errors, refused sockets).
@@ -106,6 +107,19 @@ history = Table(
     # The same event delivered twice (at-least-once) is one history entry.
     UniqueConstraint("request_id", "status", "source", "detail", name="uq_pusher_history_event"),
     Index("ix_pusher_history_request", "request_id", "at"),
+)
+
+# Version 2: device presence reported by connectors.
+devices = Table(
+    "pusher_devices",
+    metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("protocol", String(8)),
+    Column("online", Boolean),
+    Column("last_seen", Float, nullable=False),
+    Column("changed_at", Float),
+    Column("source", String(128)),
+    Column("detail", Text),
 )
 
 idempotency = Table(
@@ -292,6 +306,11 @@ class StatusStore:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
 
+    @property
+    def insert(self) -> Any:
+        """The dialect's INSERT construct (with ON CONFLICT support)."""
+        return self._insert
+
     def describe(self) -> str:
         """The URL without its password, for logs and status."""
         return make_url(self.url).render_as_string(hide_password=True)
@@ -327,7 +346,8 @@ class StatusStore:
                 f"({SCHEMA_VERSION}); upgrade the service"
             )
         elif version < SCHEMA_VERSION:
-            # Upgrade steps go here, one per version, in order.
+            # Upgrade steps go here, one per version, in order. 1 → 2 only adds the
+            # pusher_devices table, which create_all above has made.
             await conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
             log.info("status store schema upgraded", version=SCHEMA_VERSION)
 

@@ -1,6 +1,7 @@
 """Status tracker: results topic → status store, plus the deadline sweeper.
 
-Consumer group ``pusher-status-tracker`` on ``KAFKA_RESULT_TOPIC``; records are fetched in
+Consumer group ``pusher-status-tracker`` on ``KAFKA_RESULT_TOPIC`` (and the presence topic,
+written to the devices table); records are fetched in
 batches (``getmany``), applied in one store transaction per batch, and the offsets are
 committed only after that write. A store failure seeks back and retries the same batch, so
 nothing is skipped; events are idempotent, so a batch applied twice is harmless.
@@ -24,8 +25,9 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from preservarium_pusher_api.contract import StatusEvent
+from preservarium_pusher_api.contract import DevicePresence, StatusEvent
 from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.services.devices import DeviceDirectory
 from preservarium_pusher_api.services.kafka_service import consumer_options
 from preservarium_pusher_api.services.status_store import StatusStore, Transition
 from preservarium_pusher_api.utils.logging import get_logger
@@ -58,6 +60,20 @@ def decode_event(record: ConsumerRecord[bytes, bytes]) -> StatusEvent | None:
         return None
 
 
+def decode_presence(record: ConsumerRecord[bytes, bytes]) -> DevicePresence | None:
+    """The DevicePresence in a presence record, or None (logged) when it is not one."""
+    try:
+        return DevicePresence.model_validate_json(record.value or b"")
+    except ValidationError as exc:
+        log.warning(
+            "presence record dropped: not a valid DevicePresence",
+            partition=record.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+        )
+        return None
+
+
 class StatusTracker:
     """Applies status events and sweeps deadlines until stopped."""
 
@@ -70,6 +86,7 @@ class StatusTracker:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._devices = DeviceDirectory(store)
         self._metrics = metrics
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +130,7 @@ class StatusTracker:
         while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
                 self._settings.kafka_result_topic,
+                self._settings.kafka_presence_topic,
                 **consumer_options(self._settings, self._settings.tracker_group_id),
             )
             try:
@@ -140,15 +158,25 @@ class StatusTracker:
             if not batches:
                 await self._update_lag(consumer)
                 continue
+            presence_topic = self._settings.kafka_presence_topic
             events = [
                 event
-                for records in batches.values()
+                for partition, records in batches.items()
+                if partition.topic != presence_topic
                 for event in map(decode_event, records)
                 if event is not None
+            ]
+            presence = [
+                item
+                for partition, records in batches.items()
+                if partition.topic == presence_topic
+                for item in map(decode_presence, records)
+                if item is not None
             ]
             started = time.perf_counter()
             try:
                 transitions = await self._store.apply_events(events)
+                await self._devices.apply_presence(presence)
             except Exception as exc:  # store down: re-read the same records later
                 failures += 1
                 self._metrics.store_healthy.set(0)
