@@ -237,7 +237,7 @@ class Dispatcher:
                 return
             receipt, sent_report, pending = outcome
             break
-        await self._after_send(work, receipt, sent_report)
+        self._after_send(work, receipt, sent_report)
         if pending.waiter is not None:
             await pending.waiter
 
@@ -296,7 +296,7 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work.wake.wait(), delay)
 
-    async def _after_send(
+    def _after_send(
         self, work: Work, receipt: Receipt | None, sent_report: asyncio.Task[None]
     ) -> None:
         command = work.command
@@ -317,8 +317,9 @@ class Dispatcher:
             )
         if receipt is not None and receipt.answer is not None:
             self.device_answered(command.device_id, receipt.answer)
-        await asyncio.gather(*reports)
-        self._done(work)
+        # The lane goes on now; the offset is finished once Kafka has the reports.
+        reported = asyncio.gather(*reports)
+        reported.add_done_callback(lambda done: None if done.cancelled() else self._done(work))
 
     def _expect_answer(
         self, command: CommandMessage, timeout: float, policy: DispatchPolicy

@@ -99,6 +99,7 @@ def make_settings(kafka: KafkaTarget, tmp_path: Path) -> SettingsFactory:
             # Most tests exercise the command path; status tests turn the tracker on.
             "tracker_enabled": False,
             "sweep_interval_seconds": 0.2,
+            "sweep_grace_seconds": 0.5,
             "kafka_consumer_session_timeout_ms": 6000,
             "kafka_consumer_heartbeat_interval_ms": 500,
             "kafka_consumer_rebalance_timeout_ms": 300,

@@ -106,3 +106,46 @@ def envelope(payload: bytes) -> dict[str, Any]:
     """A published command decoded."""
     decoded: dict[str, Any] = json.loads(payload)
     return decoded
+
+
+def settings_env(settings: MqttSettings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a connector process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None or isinstance(value, dict | list):
+            continue
+        env[name.upper()] = str(value)
+    return env
+
+
+class ConnectorProcess:
+    """``python -m connectors.mqtt`` as a child process, with its log in a file."""
+
+    def __init__(self, settings: MqttSettings, log_path: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        env = {**os.environ, **settings_env(settings), "LOG_FORMAT": "json"}
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "connectors.mqtt"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+    def logs(self) -> str:
+        """What the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        self.process.terminate()
+        return self.process.wait(timeout=timeout)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     default_ttl_seconds: int | None = Field(600, gt=0)
     default_timeout_seconds: float | None = Field(300.0, gt=0)
     sweep_interval_seconds: float = Field(1.0, gt=0, le=3600)
+    # Deadlines are swept this long after they pass: the connector holding a command
+    # reports expired/timed_out itself, and its in-flight events win over the sweeper.
+    sweep_grace_seconds: float = Field(5.0, ge=0, le=3600)
     long_poll_recheck_seconds: float = Field(1.0, gt=0, le=60)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
 

@@ -503,13 +503,16 @@ class StatusStore:
                 .on_conflict_do_nothing()
             )
 
-    async def sweep(self, now: float | None = None) -> list[Transition]:
+    async def sweep(self, now: float | None = None, grace: float = 0.0) -> list[Transition]:
         """Expire queued commands past ``expires_at``; time out sent ones past their deadline.
 
         Each row changes in one conditional UPDATE, so several sweepers never double-fire:
-        only the one whose UPDATE matched the row records the transition.
+        only the one whose UPDATE matched the row records the transition. ``grace`` seconds
+        are added to every deadline: the connector that holds the command decides first,
+        and its events may still be on their way.
         """
         now = time.time() if now is None else now
+        deadline = now - grace
         transitions: list[Transition] = []
         rules = [
             (
@@ -517,7 +520,7 @@ class StatusStore:
                 and_(
                     commands.c.status_rank == CommandStatus.QUEUED.rank,
                     commands.c.expires_at.is_not(None),
-                    commands.c.expires_at < now,
+                    commands.c.expires_at < deadline,
                 ),
                 "not delivered before expires_at",
             ),
@@ -530,7 +533,7 @@ class StatusStore:
                     ),
                     commands.c.sent_at.is_not(None),
                     commands.c.timeout_seconds.is_not(None),
-                    commands.c.sent_at + commands.c.timeout_seconds < now,
+                    commands.c.sent_at + commands.c.timeout_seconds < deadline,
                 ),
                 "no result within timeout_seconds after it was sent",
             ),

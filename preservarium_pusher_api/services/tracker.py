@@ -225,7 +225,7 @@ class StatusTracker:
         while not self._stopping.is_set():
             started = time.perf_counter()
             try:
-                transitions = await self._store.sweep()
+                transitions = await self._store.sweep(grace=self._settings.sweep_grace_seconds)
                 if time.time() - last_purge > _PURGE_EVERY_SECONDS:
                     await self._store.purge_idempotency_keys(
                         time.time() - self._settings.idempotency_ttl_seconds
