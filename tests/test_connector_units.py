@@ -1,0 +1,190 @@
+"""Connector building blocks without a broker: offsets, journal, registry, parsers, policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from connectors.dedupe import RecentRequests
+from connectors.delivery import resolve_policy
+from connectors.errors import CommandRejected, ParserError
+from connectors.mqtt.transport import broker_address, check_topic, presence_from
+from connectors.offsets import PartitionOffsets
+from connectors.parsers import available_parsers, load_parser, parser_name
+from connectors.registry import DeviceEntry, DeviceRegistry, parse_registry
+from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, utc_now
+
+pytestmark = pytest.mark.unit
+
+
+def make_command(**overrides: object) -> CommandMessage:
+    values: dict[str, object] = {
+        "request_id": "7d0c8a4e-4d9b-4c0e-9d8e-1f2a3b4c5d6e",
+        "device_id": "pico-w-lab-001",
+        "command_type": "control_led",
+        "payload": {"pin": 25, "state": True},
+        "protocol": "mqtt",
+        "created_at": utc_now(),
+    }
+    values.update(overrides)
+    return CommandMessage.model_validate(values)
+
+
+def test_commit_position_only_moves_past_a_finished_prefix() -> None:
+    """Finishing 12 before 11 does not let 12 be committed; finishing 11 commits both."""
+    book = PartitionOffsets()
+    for offset in (10, 11, 12):
+        book.track(offset)
+    assert book.finish(10) and book.committable == 11
+    assert not book.finish(12) and book.committable == 11
+    assert book.finish(11) and book.committable == 13
+    assert len(book) == 0
+    assert not book.finish(5)  # already committed: ignored
+
+
+def test_journal_survives_a_restart_and_honours_forget(tmp_path: Path) -> None:
+    """request_ids written before a crash are known after it; a forgotten one is not."""
+    path = tmp_path / "state" / "mqtt-sent.journal"
+    first = RecentRequests(100, path)
+    first.open()
+    first.remember("a")
+    first.remember("b")
+    first.forget("b")
+    # a process killed mid-write leaves a torn last line, which must be ignored
+    with path.open("a") as journal:
+        journal.write("torn-li")
+    first.close()
+    second = RecentRequests(100, path)
+    second.open()
+    assert "a" in second and "b" not in second and "torn-li" not in second
+    second.close()
+
+
+def test_journal_is_bounded_and_compacted(tmp_path: Path) -> None:
+    """Memory keeps the newest ids only and the file is rewritten instead of growing forever."""
+    path = tmp_path / "journal"
+    recent = RecentRequests(100, path)
+    recent.open()
+    for n in range(1000):
+        recent.remember(f"id-{n}")
+    assert len(recent) == 100 and "id-999" in recent and "id-0" not in recent
+    assert len(path.read_text().splitlines()) <= 201
+    recent.close()
+
+
+REGISTRY_YAML = """
+devices:
+  pico-1:
+    protocol: mqtt
+    dispatch: on_result
+    timeout_seconds: 30
+  ot2-1:
+    protocol: http
+    address: {base_url: "http://10.0.0.5:31950"}
+    credentials: OT2_TOKEN_FOR_TEST
+"""
+
+
+def test_registry_parses_yaml_and_json() -> None:
+    """The same registry reads from YAML and JSON; bad entries are named in the error."""
+    devices = parse_registry(REGISTRY_YAML, ".yaml")
+    assert devices["pico-1"].dispatch is DispatchPolicy.ON_RESULT
+    assert devices["ot2-1"].address["base_url"] == "http://10.0.0.5:31950"
+    as_json = json.dumps({"devices": {"pico-1": {"protocol": "mqtt"}}})
+    assert parse_registry(as_json, ".json")["pico-1"].protocol.value == "mqtt"
+    with pytest.raises(ValueError, match=r"pico-1\.protocol"):
+        parse_registry("devices: {pico-1: {protocol: smoke}}", ".yaml")
+    with pytest.raises(ValueError):
+        parse_registry("devices: {'a/b': {protocol: mqtt}}", ".yaml")
+
+
+def test_registry_reloads_on_change_and_keeps_the_last_good_one(tmp_path: Path) -> None:
+    """An edited file takes effect; a broken edit keeps the previous devices and says why."""
+    path = tmp_path / "devices.yaml"
+    path.write_text(REGISTRY_YAML)
+    registry = DeviceRegistry(path)
+    assert registry.load() and registry.get("pico-1") is not None
+    path.write_text("devices: {pico-2: {protocol: mqtt}}\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert registry.load()
+    assert registry.get("pico-1") is None and registry.get("pico-2") is not None
+    path.write_text("devices: [this is: not valid\n")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert not registry.load()
+    assert registry.get("pico-2") is not None and registry.last_error
+
+
+def test_credentials_come_from_env_or_a_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credentials reference resolves from an env var, else a file; missing is an error."""
+    entry = DeviceEntry(protocol="http", credentials="OT2_TOKEN_FOR_TEST")
+    monkeypatch.setenv("CREDENTIALS_DIR", str(tmp_path))
+    with pytest.raises(LookupError):
+        entry.secret()
+    (tmp_path / "OT2_TOKEN_FOR_TEST").write_text("from-file\n")
+    assert entry.secret() == "from-file"
+    monkeypatch.setenv("OT2_TOKEN_FOR_TEST", "from-env")
+    assert entry.secret() == "from-env"
+
+
+def test_parser_references_are_names_from_the_allow_list() -> None:
+    """Names with or without .py load; paths, dotted names and unknown modules are refused."""
+    assert "json_envelope" in available_parsers()
+    assert parser_name(None) == parser_name("json_envelope.py") == "json_envelope"
+    for ref in ("../json_envelope", "/etc/passwd", "json.tool", "os", "_private", "a\\\\b"):
+        with pytest.raises(ParserError):
+            load_parser(ref)
+
+
+def test_default_envelope_is_exactly_the_original_design() -> None:
+    """The JSON envelope has exactly request_id, task and parameters."""
+    frame = load_parser(None).encode(make_command())
+    assert json.loads(frame) == {
+        "request_id": "7d0c8a4e-4d9b-4c0e-9d8e-1f2a3b4c5d6e",
+        "task": "control_led",
+        "parameters": {"pin": 25, "state": True},
+    }
+    fixture = Path(__file__).parent / "fixtures" / "mqtt_envelope.json"
+    assert json.loads(frame) == json.loads(fixture.read_text())
+
+
+def test_device_answers_decode_to_results_and_errors() -> None:
+    """success → ok with the result, error → not ok with the message, junk → ValueError."""
+    parser = load_parser(None)
+    ok = parser.decode(b'{"request_id": "r1", "task": "t", "status": "success", "result": 3}')
+    assert ok.ok and ok.result == 3 and ok.request_id == "r1"
+    bad = parser.decode(b'{"request_id": "r2", "status": "error", "error": "boom"}')
+    assert not bad.ok and bad.error == "boom"
+    for junk in (b"nope", b"[]", b'{"status": "success"}', b'{"request_id": "r", "status": "?"}'):
+        with pytest.raises(ValueError):
+            parser.decode(junk)
+
+
+def test_dispatch_policy_precedence() -> None:
+    """metadata.dispatch beats the registry, which beats the default; nonsense is rejected."""
+    device = DeviceEntry(protocol="mqtt", dispatch="on_result")
+    default = DispatchPolicy.ON_ACK
+    assert resolve_policy(make_command(), None, default) is DispatchPolicy.ON_ACK
+    assert resolve_policy(make_command(), device, default) is DispatchPolicy.ON_RESULT
+    burst = make_command(metadata={"dispatch": "burst"})
+    assert resolve_policy(burst, device, default) is DispatchPolicy.BURST
+    with pytest.raises(CommandRejected):
+        resolve_policy(make_command(metadata={"dispatch": "whenever"}), device, default)
+
+
+def test_mqtt_topics_presence_and_broker_urls() -> None:
+    """Wildcards and $-topics are refused; presence reads text or JSON; URLs give TLS."""
+    assert check_topic("lab/pico/command") == "lab/pico/command"
+    for topic in ("lab/+/command", "lab/#", "$SYS/x", "", 5):
+        with pytest.raises(CommandRejected):
+            check_topic(topic)
+    assert presence_from(b'{"status": "online"}') is True
+    assert presence_from(b"offline") is False
+    assert presence_from(b"maybe") is None
+    assert broker_address("mqtt://broker:1884") == ("broker", 1884, False)
+    assert broker_address("mqtts://broker") == ("broker", 8883, True)
