@@ -46,12 +46,14 @@ async def main():
         except OSError:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60)
-    announcer = asyncio.create_task(keep_announcing(client, device))  # noqa: F841 - kept alive
+    tasks = [asyncio.create_task(keep_announcing(client, device))]
     while True:
         try:
             await device.serve(client)
         except OSError:
             await asyncio.sleep(1)
+        if tasks[0].done():  # should never end; start it again if it does
+            tasks[0] = asyncio.create_task(keep_announcing(client, device))
 
 
 try:
