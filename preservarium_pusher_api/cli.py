@@ -86,7 +86,14 @@ def run_dev(args: argparse.Namespace) -> int:
     from preservarium_pusher_api.devtools.dev_stack import run_dev_stack
 
     return asyncio.run(
-        run_dev_stack(api_host=args.host, api_port=args.api_port, kafka_port=args.kafka_port)
+        run_dev_stack(
+            api_host=args.host,
+            api_port=args.api_port,
+            kafka_port=args.kafka_port,
+            mqtt_port=args.mqtt_port,
+            connector_port=args.connector_port,
+            sims=not args.no_sims,
+        )
     )
 
 
@@ -116,10 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     connector.add_argument("connector_args", nargs=argparse.REMAINDER, metavar="PROTOCOL ...")
     connector.set_defaults(handler=run_connector_command)
 
-    dev = commands.add_parser("dev", help="embedded Kafka-compatible broker + API for local use")
+    dev = commands.add_parser(
+        "dev", help="embedded Kafka-compatible broker, Mosquitto, API, MQTT connector, simulators"
+    )
     dev.add_argument("--host", default="127.0.0.1", help="API bind address")
     dev.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
     dev.add_argument("--kafka-port", type=int, default=None, help="broker port (default: free)")
+    dev.add_argument("--mqtt-port", type=int, default=None, help="Mosquitto port (default: free)")
+    dev.add_argument(
+        "--connector-port", type=int, default=9102, help="MQTT connector health/metrics port"
+    )
+    dev.add_argument("--no-sims", action="store_true", help="no simulated devices")
     dev.set_defaults(handler=run_dev)
     return parser
 

@@ -145,9 +145,23 @@ def check_answer(answer: dict[str, Any]) -> None:
     elif "items" in answer:  # list
         assert answer["items"] and all(item["request_id"] for item in answer["items"]), answer
     elif "history" in answer:  # status
-        assert answer["status"] == "queued" and answer["history"][0]["source"] == "api", answer
+        assert answer["history"][0] == {**answer["history"][0], "status": "queued", "source": "api"}
     else:  # single command
         assert answer["success"] and answer["request_id"], answer
+
+
+async def wait_terminal(status_url: str, within: float = 30) -> dict[str, Any]:
+    """Long-poll a status URL until the command is terminal."""
+    import httpx
+
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=15) as client:
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = (await client.get(status_url, params={"wait": 5})).json()
+            if body["status"] in ("succeeded", "failed", "timed_out", "expired", "cancelled"):
+                return body
+    raise AssertionError(f"not terminal: {body}")
 
 
 async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> None:
@@ -155,9 +169,11 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     device in Kafka, the status of a command just sent, the list."""
     examples = readme_curl_examples()
     assert len(examples) >= 2
-    api_port, kafka_port = free_port(), free_port()
+    api_port, kafka_port, mqtt_port = free_port(), free_port(), free_port()
+    argv = [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port)]
+    argv += ["--mqtt-port", str(mqtt_port), "--connector-port", str(free_port())]
     process = subprocess.Popen(
-        [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port)],
+        argv,
         env={**os.environ, "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -183,11 +199,25 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
         )
         assert sorted(r.key.decode() for r in records if r.key) == sorted(expected_devices)
         assert all(value_of(r)["device_id"] == r.key.decode() for r in records if r.key)
+        # the simulated Pico W runs the first example's command through the MQTT connector
+        first = json_documents(
+            subprocess.run(
+                ["bash", "-c", examples[0].replace("localhost:8000", f"127.0.0.1:{api_port}")],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        )[0]
+        status_url = f"{base_url}/api/v1/commands/{first['request_id']}/status"
+        final = await wait_terminal(status_url)
+        assert final["status"] == "succeeded", final
     finally:
         output = stop(process, signal.SIGINT)
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
     assert not wait_for_port("127.0.0.1", kafka_port, timeout=0.5), "broker left running"
     assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
+    assert not wait_for_port("127.0.0.1", mqtt_port, timeout=0.5), "Mosquitto left running"
 
 
 async def test_pusher_tracker_alone_applies_events_and_serves_metrics(
