@@ -179,7 +179,10 @@ class MqttTransport(Transport):
         attempt = 0
         while True:
             try:
-                async with aiomqtt.Client(self.host, self.port, **self._client_options()) as client:
+                client = aiomqtt.Client(self.host, self.port, **self._client_options())
+                # publishes waiting for PUBACK are normal here, up to the in-flight window
+                client.pending_calls_threshold = self.settings.mqtt_max_inflight
+                async with client:
                     await client.subscribe(self._subscriptions())
                     self._client = client
                     self.connections += 1

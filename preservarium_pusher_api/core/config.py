@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     kafka_consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
     # How long a group join waits for the other members; short values speed up start-up.
     kafka_consumer_rebalance_timeout_ms: int = Field(5_000, ge=100)
+    # Longest a fetch waits at the broker for new records. Apache Kafka answers as soon as
+    # a record arrives; brokers that hold the fetch for the whole wait (the embedded one)
+    # add up to this much latency per hop, so it is kept short.
+    kafka_consumer_fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

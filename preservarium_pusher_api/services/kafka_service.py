@@ -71,6 +71,7 @@ def consumer_options(settings: Settings, group_id: str) -> dict[str, Any]:
         "session_timeout_ms": settings.kafka_consumer_session_timeout_ms,
         "heartbeat_interval_ms": settings.kafka_consumer_heartbeat_interval_ms,
         "rebalance_timeout_ms": settings.kafka_consumer_rebalance_timeout_ms,
+        "fetch_max_wait_ms": settings.kafka_consumer_fetch_max_wait_ms,
         "retry_backoff_ms": 50,
     }
 
