@@ -184,9 +184,7 @@ class Dispatcher:
         return Delivery(command, frame, target, parser, device, timeout), policy
 
     def _default_policy(self) -> DispatchPolicy:
-        if "connector_default_dispatch" in self._settings.model_fields_set:
-            return self._settings.connector_default_dispatch
-        return self._transport.default_dispatch
+        return self._settings.connector_default_dispatch or self._transport.default_dispatch
 
     async def _hold(self, work: Work, delivery: Delivery) -> bool:
         """Wait until the device may be sent to; False when the command ended meanwhile."""

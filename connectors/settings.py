@@ -26,7 +26,7 @@ class ConnectorSettings(Settings):
     connector_metrics_host: str = "0.0.0.0"
     connector_id: str = Field(default_factory=lambda: socket.gethostname())
     # Unset: the protocol's own default (on_ack for MQTT, on_result for HTTP).
-    connector_default_dispatch: DispatchPolicy = DispatchPolicy.ON_ACK
+    connector_default_dispatch: DispatchPolicy | None = None
     # Refuse devices missing from the registry even where the protocol could reach them.
     connector_require_registration: bool = False
     # Upper bound on deliveries running at once (across devices).

@@ -209,11 +209,12 @@ class StatusComponents:
 
     async def read(self, request_id: str) -> CommandRecord | None:
         """The stored command, or the one this instance accepted but has not written yet."""
+        # Pending first: a row leaves ``pending`` only after its write committed, so whichever
+        # way a flush interleaves with this read, one of the two answers has it.
+        row = self.writer.pending(request_id)
         record = await self.store.get(request_id)
-        if record is None:
-            row = self.writer.pending(request_id)
-            if row is not None:
-                record = record_of_queued(row)
+        if record is None and row is not None:
+            record = record_of_queued(row)
         return record
 
 
