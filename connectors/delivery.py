@@ -25,7 +25,7 @@ from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnava
 from connectors.observability import ConnectorMetrics
 from connectors.parsers import DeviceAnswer, load_parser
 from connectors.registry import DeviceEntry, DeviceRegistry
-from connectors.reporter import Reporter, backoff_delay
+from connectors.reporter import Reporter
 from connectors.settings import ConnectorSettings
 from connectors.transport import Delivery, Receipt, Transport
 from preservarium_pusher_api.contract import (
@@ -34,6 +34,7 @@ from preservarium_pusher_api.contract import (
     DispatchPolicy,
     utc_now,
 )
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)

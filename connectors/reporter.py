@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -27,17 +26,12 @@ from preservarium_pusher_api.contract import (
     utc_now,
 )
 from preservarium_pusher_api.services.kafka_service import connection_options
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 _DETAIL_LIMIT = 500
-
-
-def backoff_delay(attempt: int, maximum: float, base: float = 0.2) -> float:
-    """Capped exponential backoff with jitter (half fixed, half random)."""
-    delay = min(maximum, base * 2 ** min(attempt, 16))
-    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
 
 
 class Reporter:

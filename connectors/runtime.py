@@ -27,7 +27,7 @@ from connectors.observability import ConnectorMetrics, health_app, serve_health
 from connectors.offsets import OffsetBook
 from connectors.parsers import DeviceAnswer, Parser, load_parser
 from connectors.registry import DeviceRegistry
-from connectors.reporter import Reporter, backoff_delay
+from connectors.reporter import Reporter
 from connectors.settings import ConnectorSettings
 from connectors.transport import Transport
 from preservarium_pusher_api.contract import (
@@ -39,6 +39,7 @@ from preservarium_pusher_api.contract import (
     MessageKind,
 )
 from preservarium_pusher_api.services.kafka_service import consumer_options
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -410,3 +410,33 @@ async def test_store_outage_is_503_and_commands_still_flow(
     records = await read_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic, 2)
     assert sorted(r.key for r in records) == [b"pico-w-lab-001", b"plain"]
     assert await count_records(settings.kafka_bootstrap_servers, settings.kafka_command_topic) == 2
+
+
+async def test_devices_api_pending_commands_and_bad_queries(tracked: LiveApi) -> None:
+    """A device known only from its commands is listed with its pending count; bad queries
+    get 422 in the error shape and an unknown device 404."""
+    first = await submit(tracked, device_id="pico-pending")
+    await submit(tracked, device_id="pico-pending")
+    await wait_status(tracked, first, "queued")
+    body = (await tracked.client.get("/api/v1/devices/pico-pending")).json()
+    assert body == {
+        "device_id": "pico-pending",
+        "protocol": "mqtt",
+        "online": None,
+        "last_seen": None,
+        "pending_commands": 2,
+        "detail": None,
+    }
+    await emit(tracked.settings, status_event(first, "succeeded", device_id="pico-pending"))
+    listing = None
+    for _ in range(50):
+        listing = (await tracked.client.get("/api/v1/devices")).json()
+        counts = {item["device_id"]: item["pending_commands"] for item in listing["items"]}
+        if counts.get("pico-pending") == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert counts["pico-pending"] == 1, listing
+    assert_error_shape(await tracked.client.get("/api/v1/devices", params={"limit": 0}), 422)
+    assert_error_shape(await tracked.client.get("/api/v1/devices/" + "x" * 129), 422)
+    missing = assert_error_shape(await tracked.client.get("/api/v1/devices/nobody"), 404)
+    assert missing["type"] == "DeviceNotFoundError"

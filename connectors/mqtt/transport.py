@@ -19,10 +19,10 @@ import aiomqtt
 
 from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnavailable
 from connectors.registry import DeviceEntry
-from connectors.reporter import backoff_delay
 from connectors.settings import MqttSettings
 from connectors.transport import Delivery, Receipt, Transport
 from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 
 log = get_logger(__name__)

