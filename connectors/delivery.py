@@ -21,7 +21,12 @@ from enum import Enum
 from typing import Any
 
 from connectors.dedupe import RecentRequests
-from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnavailable
+from connectors.errors import (
+    CommandRejected,
+    DeliveryUncertain,
+    DeviceBusy,
+    TransportUnavailable,
+)
 from connectors.observability import ConnectorMetrics
 from connectors.parsers import DeviceAnswer, load_parser
 from connectors.registry import DeviceEntry, DeviceRegistry
@@ -41,6 +46,8 @@ log = get_logger(__name__)
 
 _READY_RECHECK_SECONDS = 0.5
 _FALLBACK_TIMEOUT_SECONDS = 300.0
+_BUSY_RETRY_SECONDS = 0.5
+_BUSY_RETRY_MAX_SECONDS = 10.0
 
 
 class Stage(Enum):
@@ -64,6 +71,7 @@ class Work:
     cancelled: bool = False
     abandoned: bool = False  # its partition went to another instance before it was sent
     last_status: CommandStatus = CommandStatus.QUEUED
+    traceparent: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -146,7 +154,7 @@ class Dispatcher:
             self._done(work)
             return
         try:
-            delivery, policy = self._prepare(command)
+            delivery, policy = self._prepare(command, work.traceparent)
         except CommandRejected as exc:
             await self._terminal(work, CommandStatus.FAILED, exc.message)
             return
@@ -158,7 +166,9 @@ class Dispatcher:
         if await self._hold(work, delivery):
             await self._send(work, delivery, policy)
 
-    def _prepare(self, command: CommandMessage) -> tuple[Delivery, DispatchPolicy]:
+    def _prepare(
+        self, command: CommandMessage, traceparent: str | None = None
+    ) -> tuple[Delivery, DispatchPolicy]:
         device = self._registry.get(command.device_id)
         if device is None and (
             self._transport.requires_registration or self._settings.connector_require_registration
@@ -170,7 +180,11 @@ class Dispatcher:
                 f"not {self._transport.protocol.value}"
             )
         target = self._transport.target(command, device)
-        parser = load_parser(command.parser_script_ref or (device.parser if device else None))
+        parser = load_parser(
+            command.parser_script_ref
+            or (device.parser if device else None)
+            or self._transport.default_parser
+        )
         try:
             frame = parser.encode(command)
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -182,7 +196,8 @@ class Dispatcher:
             or _FALLBACK_TIMEOUT_SECONDS
         )
         policy = resolve_policy(command, device, self._default_policy())
-        return Delivery(command, frame, target, parser, device, timeout), policy
+        delivery = Delivery(command, frame, target, parser, device, timeout, traceparent)
+        return delivery, policy
 
     def _default_policy(self) -> DispatchPolicy:
         return self._settings.connector_default_dispatch or self._transport.default_dispatch
@@ -213,11 +228,29 @@ class Dispatcher:
     async def _send(self, work: Work, delivery: Delivery, policy: DispatchPolicy) -> None:
         """Hand the command to the transport (a slot is held on entry), then wait per policy."""
         attempt = 0
+        busy_since: float | None = None
         while True:
             try:
                 outcome = await self._attempt(work, delivery, policy)
             finally:
                 self._slots.release()
+            if isinstance(outcome, DeviceBusy):
+                # Refused before running anything: wait for the device, do not count it.
+                now = time.monotonic()
+                busy_since = busy_since if busy_since is not None else now
+                if now - busy_since >= delivery.timeout_seconds:
+                    await self._terminal(
+                        work,
+                        CommandStatus.FAILED,
+                        f"device stayed busy for {now - busy_since:.0f} s: {outcome.message}",
+                    )
+                    return
+                self._metrics.busy_retries.labels(self._transport.protocol.value).inc()
+                delay = outcome.retry_after or _BUSY_RETRY_SECONDS
+                await self._backoff(work, min(delay, _BUSY_RETRY_MAX_SECONDS), outcome.message)
+                if not await self._hold(work, delivery):
+                    return
+                continue
             if isinstance(outcome, TransportUnavailable):
                 attempt += 1
                 if attempt >= self._settings.connector_retry_max_attempts:
@@ -228,7 +261,8 @@ class Dispatcher:
                     )
                     return
                 self._metrics.retries.labels(self._transport.protocol.value).inc()
-                await self._backoff(work, attempt)
+                delay = backoff_delay(attempt, self._settings.connector_retry_max_backoff_seconds)
+                await self._backoff(work, delay, outcome.message, attempt)
                 if not await self._hold(work, delivery):
                     return
                 continue
@@ -282,13 +316,13 @@ class Dispatcher:
             await self._terminal(work, CommandStatus.FAILED, exc.message)
             return None
 
-    async def _backoff(self, work: Work, attempt: int) -> None:
-        delay = backoff_delay(attempt, self._settings.connector_retry_max_backoff_seconds)
+    async def _backoff(self, work: Work, delay: float, reason: str, attempt: int = 0) -> None:
         log.info(
-            "transport unavailable; retrying",
+            "not delivered; retrying",
             request_id=work.command.request_id,
             device_id=work.command.device_id,
-            attempt=attempt,
+            attempt=attempt or None,
+            reason=reason[:200],
             delay=round(delay, 2),
         )
         work.wake.clear()

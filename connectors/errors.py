@@ -20,6 +20,14 @@ class TransportUnavailable(ConnectorError):
     retriable = True
 
 
+class DeviceBusy(TransportUnavailable):
+    """The device refused the command because it is running another one; nothing ran.
+
+    Retried after ``retry_after`` seconds (the device's Retry-After, else a short
+    backoff) without counting as a delivery attempt, until the command's timeout passed.
+    """
+
+
 class DeliveryUncertain(ConnectorError):
     """The command left this process but its receipt was not confirmed.
 

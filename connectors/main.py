@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors.runtime import ConnectorRuntime
-from connectors.settings import ConnectorSettings, MqttSettings
+from connectors.settings import ConnectorSettings, HttpSettings, MqttSettings
 from connectors.transport import Transport
 from preservarium_pusher_api.utils.logging import configure_logging, get_logger
 
@@ -31,8 +31,15 @@ def _mqtt(overrides: dict[str, Any]) -> tuple[ConnectorSettings, Transport]:
     return settings, MqttTransport(settings)
 
 
+def _http(overrides: dict[str, Any]) -> tuple[ConnectorSettings, Transport]:
+    from connectors.http.transport import HttpTransport
+
+    settings = HttpSettings(**overrides)
+    return settings, HttpTransport(settings)
+
+
 Builder = Callable[[dict[str, Any]], tuple[ConnectorSettings, Transport]]
-BUILDERS: dict[str, Builder] = {"mqtt": _mqtt}
+BUILDERS: dict[str, Builder] = {"mqtt": _mqtt, "http": _http}
 
 
 async def run(runtime: ConnectorRuntime) -> None:

@@ -48,6 +48,12 @@ class ConnectorMetrics:
             ["protocol"],
             registry=self.registry,
         )
+        self.busy_retries = Counter(
+            "pusher_connector_busy_retries",
+            "Commands offered again because the device answered that it was busy",
+            ["protocol"],
+            registry=self.registry,
+        )
         self.delivery_latency = Histogram(
             "pusher_connector_delivery_seconds",
             "From taking the record off Kafka to the transport's acknowledgement",

@@ -33,6 +33,7 @@ from connectors.transport import Transport
 from preservarium_pusher_api.contract import (
     HEADER_KIND,
     HEADER_PROTOCOL,
+    HEADER_TRACEPARENT,
     CancelMessage,
     CommandMessage,
     CommandStatus,
@@ -303,7 +304,13 @@ class ConnectorRuntime:
         if command.protocol.value != self.protocol:
             self.offsets.finish(partition, record.offset)
             return
-        work = Work(command, partition, record.offset)
+        traceparent = headers.get(HEADER_TRACEPARENT)
+        work = Work(
+            command,
+            partition,
+            record.offset,
+            traceparent=traceparent.decode(errors="replace") if traceparent else None,
+        )
         if command.request_id in self._early_cancels:
             del self._early_cancels[command.request_id]
             work.cancelled = True

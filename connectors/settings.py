@@ -88,3 +88,13 @@ class MqttSettings(ConnectorSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+
+class HttpSettings(ConnectorSettings):
+    """Settings of the HTTP connector (``HTTP_*``); addresses come from the registry."""
+
+    # Connecting is cheap and safe to retry; the read timeout is the command's timeout.
+    http_connect_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    http_max_connections: int = Field(100, ge=1, le=10_000)
+    http_max_keepalive_connections: int = Field(20, ge=0, le=10_000)
+    http_user_agent: str = "preservarium-pusher-connector"

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from connectors.parsers import DeviceAnswer, Parser
+from connectors.parsers import DEFAULT_PARSER, DeviceAnswer, Parser
 from connectors.registry import DeviceEntry
 from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy
 from preservarium_pusher_api.contract import Protocol as WireProtocol
@@ -40,6 +40,7 @@ class Delivery:
     parser: Parser
     device: DeviceEntry | None
     timeout_seconds: float
+    traceparent: str | None = None
 
 
 class DeviceEvents(Protocol):
@@ -72,6 +73,8 @@ class Transport(abc.ABC):
     default_dispatch: DispatchPolicy = DispatchPolicy.ON_ACK
     # HTTP and CoAP need an address from the registry; MQTT can address by topic alone.
     requires_registration: bool = True
+    # Parser used when neither the command nor the registry names one.
+    default_parser: str = DEFAULT_PARSER
 
     def __init__(self) -> None:
         self.events: DeviceEvents | None = None

@@ -14,7 +14,8 @@ import aiomqtt
 
 from connectors.mqtt.transport import MqttTransport
 from connectors.runtime import ConnectorRuntime
-from connectors.settings import MqttSettings
+from connectors.settings import ConnectorSettings, MqttSettings
+from connectors.transport import Transport
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
 from preservarium_pusher_api.devtools.pico_simulator import SimulatedPico
@@ -43,9 +44,15 @@ def mqtt_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_connector(settings: MqttSettings) -> AsyncIterator[ConnectorRuntime]:
-    """An MQTT connector in this loop, consuming and connected; stopped gracefully after."""
-    runtime = ConnectorRuntime(settings, MqttTransport(settings))
+async def running_connector(
+    settings: ConnectorSettings, transport: Transport | None = None
+) -> AsyncIterator[ConnectorRuntime]:
+    """A connector (MQTT unless ``transport`` is given) in this loop, consuming and
+    connected; stopped gracefully after."""
+    if transport is None:
+        assert isinstance(settings, MqttSettings)
+        transport = MqttTransport(settings)
+    runtime = ConnectorRuntime(settings, transport)
     task = asyncio.create_task(runtime.run())
     try:
         async with asyncio.timeout(20):
@@ -108,7 +115,7 @@ def envelope(payload: bytes) -> dict[str, Any]:
     return decoded
 
 
-def settings_env(settings: MqttSettings) -> dict[str, str]:
+def settings_env(settings: ConnectorSettings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a connector process."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump(mode="json").items():

@@ -1,0 +1,1 @@
+"""HTTP connector: commands as ``POST {base_url}/execute/{command_type}``."""

@@ -1,0 +1,136 @@
+"""The OT-2 agent (``firmware/ot2``) in simulation as a child process, for dev and tests.
+
+The agent is the code that runs on the robot; here it runs on ``opentrons.simulate``
+(the ``ot2`` extra) from the source tree, with its own state directory and log file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from preservarium_pusher_api.devtools.embedded_kafka import free_port, terminate
+
+AGENT_DIR = Path(__file__).resolve().parents[2] / "firmware" / "ot2"
+
+
+def agent_available() -> str | None:
+    """Why the simulated agent cannot start here, or None when it can."""
+    if not (AGENT_DIR / "ot2_agent.py").exists():
+        return f"the OT-2 agent source is not at {AGENT_DIR} (run from a source checkout)"
+    try:
+        import opentrons  # noqa: F401
+    except ImportError:
+        return "opentrons is not installed: pip install -e '.[ot2]'"
+    return None
+
+
+class SimulatedOt2Agent:
+    """``python firmware/ot2/ot2_agent.py --simulate`` on ``127.0.0.1:port``."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        tasks: list[str] | None = None,
+        token: str | None = None,
+        state_dir: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.tasks = tasks
+        self.token = token
+        self.directory = Path(tempfile.mkdtemp(prefix="pusher-ot2-"))
+        self.state_dir = state_dir or self.directory / "state"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """Address for the device registry's ``address.base_url``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The agent's log file."""
+        return self.directory / "agent.log"
+
+    def start(self, timeout: float = 60.0) -> SimulatedOt2Agent:
+        """Start the agent and wait until ``/health`` says the robot is set up.
+
+        Raises:
+            RuntimeError: the agent cannot run here, exited, or was not ready in time.
+        """
+        if (reason := agent_available()) is not None:
+            raise RuntimeError(reason)
+        command = [
+            sys.executable,
+            str(AGENT_DIR / "ot2_agent.py"),
+            "--simulate",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            "--log-level",
+            "warning",
+        ]
+        for module in self.tasks or []:
+            command += ["--tasks", module]
+        env = {
+            **os.environ,
+            "OT2_AGENT_TOKEN": self.token or "",
+            # opentrons keeps its settings here instead of the user's home
+            "OT_API_CONFIG_DIR": str(self.directory / "opentrons"),
+        }
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(  # noqa: S603 - our interpreter and script
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        log = self.log_path.read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"OT-2 agent did not become ready on port {self.port}: {log}")
+
+    def stop(self) -> None:
+        """SIGTERM (a running action finishes first), SIGKILL after a while."""
+        process, self._process = self._process, None
+        terminate(process, timeout=15)
+
+    def close(self) -> None:
+        """Stop and remove the agent's directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        """Whether the agent process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> SimulatedOt2Agent:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
