@@ -93,6 +93,8 @@ def run_dev(args: argparse.Namespace) -> int:
             mqtt_port=args.mqtt_port,
             connector_port=args.connector_port,
             sims=not args.no_sims,
+            http_connector_port=args.http_connector_port,
+            ot2_port=args.ot2_port,
         )
     )
 
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     connector.set_defaults(handler=run_connector_command)
 
     dev = commands.add_parser(
-        "dev", help="embedded Kafka-compatible broker, Mosquitto, API, MQTT connector, simulators"
+        "dev", help="embedded Kafka-compatible broker, Mosquitto, API, connectors, simulators"
     )
     dev.add_argument("--host", default="127.0.0.1", help="API bind address")
     dev.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--connector-port", type=int, default=9102, help="MQTT connector health/metrics port"
     )
+    dev.add_argument(
+        "--http-connector-port", type=int, default=9103, help="HTTP connector health/metrics port"
+    )
+    dev.add_argument("--ot2-port", type=int, default=None, help="simulated OT-2 agent port")
     dev.add_argument("--no-sims", action="store_true", help="no simulated devices")
     dev.set_defaults(handler=run_dev)
     return parser

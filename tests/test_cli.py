@@ -172,6 +172,8 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     api_port, kafka_port, mqtt_port = free_port(), free_port(), free_port()
     argv = [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port)]
     argv += ["--mqtt-port", str(mqtt_port), "--connector-port", str(free_port())]
+    ot2_port = free_port()
+    argv += ["--http-connector-port", str(free_port()), "--ot2-port", str(ot2_port)]
     process = subprocess.Popen(
         argv,
         env={**os.environ, "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db"},
@@ -212,12 +214,27 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
         status_url = f"{base_url}/api/v1/commands/{first['request_id']}/status"
         final = await wait_terminal(status_url)
         assert final["status"] == "succeeded", final
+        # and the simulated OT-2 mixes through the HTTP connector
+        ot2_example = next(e for e in examples if '"ot2-lab-001"' in e)
+        mixed = json_documents(
+            subprocess.run(
+                ["bash", "-c", ot2_example.replace("localhost:8000", f"127.0.0.1:{api_port}")],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        )[0]
+        final = await wait_terminal(f"{base_url}/api/v1/commands/{mixed['request_id']}/status")
+        assert final["status"] == "succeeded", final
+        assert final["result"]["total_ul"] == 180
     finally:
         output = stop(process, signal.SIGINT)
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
     assert not wait_for_port("127.0.0.1", kafka_port, timeout=0.5), "broker left running"
     assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
     assert not wait_for_port("127.0.0.1", mqtt_port, timeout=0.5), "Mosquitto left running"
+    assert not wait_for_port("127.0.0.1", ot2_port, timeout=0.5), "OT-2 agent left running"
 
 
 async def test_pusher_tracker_alone_applies_events_and_serves_metrics(

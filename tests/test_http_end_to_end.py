@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ from connectors.settings import HttpSettings
 from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent
 from tests.conftest import LiveApi, SettingsFactory, command, serve
-from tests.mqtt_helpers import running_connector
+from tests.mqtt_helpers import running_connector, settings_env
+from tests.test_mqtt_process import wait_healthy
 from tests.test_status_api import wait_status
 
 pytestmark = pytest.mark.integration
@@ -304,3 +308,47 @@ async def test_busy_agent_is_retried_without_running_twice(stack: Stack) -> None
     assert entries == [f"slow step other-{label}", f"slow step {label}"]
     assert sample(stack, "pusher_connector_busy_retries_total") >= 1
     assert sample(stack, "pusher_connector_retries_total") == 0
+
+
+@pytest.mark.timeout(120)
+async def test_pusher_connector_http_process(
+    make_settings: SettingsFactory,
+    agent: SimulatedOt2Agent,
+    tmp_path: Path,
+) -> None:
+    """`python -m connectors.http` as its own process: health, a command, exit 0 on SIGTERM."""
+    registry_path = tmp_path / "devices.json"
+    registry_path.write_text(json.dumps(registry(agent)))
+    base = make_settings(tracker_enabled=True)
+    values = base.model_dump()
+    values.update(
+        connector_state_dir=tmp_path / "state",
+        connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
+    )
+    settings = HttpSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), TOKEN_ENV: TOKEN, "LOG_FORMAT": "json"}
+    argv = [sys.executable, "-m", "connectors.http", "--metrics-port", str(port)]
+    argv += ["--registry", str(registry_path)]
+    with (tmp_path / "connector.log").open("wb") as log_file:
+        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        async with serve(base) as api:
+            health = await wait_healthy(port, process)
+            assert health["devices_registered"] == 3 and health["transport"]["connected"]
+            response = await api.client.post(
+                "/api/v1/commands",
+                json=command(protocol="http", device_id="ot2-1", command_type="home", payload={}),
+            )
+            body = await wait_status(api, response.json()["request_id"], "succeeded", within=30)
+            assert body["result"] == {"homed": True}
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert 'pusher_connector_deliveries_total{outcome="succeeded",protocol="http"} 1.0' in (
+                metrics
+            )
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+    output = (tmp_path / "connector.log").read_text()
+    assert code == 0, output
+    assert TOKEN not in output  # the credential never reaches the logs

@@ -104,3 +104,24 @@ async def test_openapi_documents_routes_examples_and_errors(api: LiveApi) -> Non
     assert {"202", "401", "413", "422", "429", "503"} <= set(post["responses"])
     docs = await api.client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    """A setting added to a settings class without a README row fails here."""
+    from pathlib import Path
+
+    import connectors.settings as connector_settings
+    from preservarium_pusher_api.core.config import Settings
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    classes = [Settings, *vars(connector_settings).values()]
+    names = {
+        name.upper()
+        for cls in classes
+        if isinstance(cls, type) and issubclass(cls, Settings)
+        for name in cls.model_fields
+    }
+    assert len(names) > 40
+    missing = sorted(name for name in names if f"`{name}`" not in table)
+    assert missing == [], f"settings without a README row: {missing}"

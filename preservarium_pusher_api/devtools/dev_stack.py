@@ -1,8 +1,8 @@
 """``pusher dev``: the whole system on one machine, for local use.
 
 Embedded Kafka-compatible broker, a private Mosquitto, the API with its tracker, the MQTT
-connector with a sample device registry, and two simulated Pico W boards — one process,
-stopped together with Ctrl-C.
+and HTTP connectors with a sample device registry, two simulated Pico W boards and an OT-2
+agent on ``opentrons.simulate`` — stopped together with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,18 +13,24 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import uvicorn
 
+from connectors.runtime import ConnectorRuntime
+from connectors.settings import ConnectorSettings
 from preservarium_pusher_api.cli import uvicorn_options
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka
 from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
+from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent, agent_available
 from preservarium_pusher_api.main import create_app
 from preservarium_pusher_api.utils.logging import configure_logging
 
 SIMULATED_PICOS = ("pico-w-lab-001", "pico-w-lab-002")
+SIMULATED_OT2 = "ot2-lab-001"
 TOPIC_PREFIX = "lab"
+ConnectorSettingsT = TypeVar("ConnectorSettingsT", bound=ConnectorSettings)
 
 BANNER = """
 Preservarium Pusher (dev)
@@ -34,7 +40,8 @@ Preservarium Pusher (dev)
   Devices      http://{api}/api/v1/devices
   Kafka        {kafka}  (embedded, in-memory)
   MQTT         {mqtt}
-  Connector    mqtt (health/metrics http://{connector})
+  Connectors   mqtt (health/metrics http://{connector})
+               http (health/metrics http://{http_connector})
   Simulators   {sims}
   Registry     {registry}
 
@@ -42,61 +49,119 @@ Preservarium Pusher (dev)
           -d '{{"device_id": "pico-w-lab-001", "command_type": "control_led", \\
                "payload": {{"pin": 25, "state": true}}, "protocol": "mqtt"}}'
         curl -s 'http://{api}/api/v1/commands/REQUEST_ID/status?wait=10'
+        curl -s -X POST http://{api}/api/v1/commands -H 'Content-Type: application/json' \
+          -d '{{"device_id": "ot2-lab-001", "command_type": "mix_color", "protocol": "http", \
+               "payload": {{"R": 100, "Y": 50, "B": 30, "mix_well": "A1"}}}}'
 Ctrl-C stops everything.
 """
 
 
-def write_registry(directory: Path) -> Path:
+def write_registry(directory: Path, ot2_url: str | None = None) -> Path:
     """The sample device registry of the dev stack."""
     path = directory / "devices.yaml"
     lines = ["devices:"]
     for device_id in SIMULATED_PICOS:
         lines += [f"  {device_id}:", "    protocol: mqtt", "    dispatch: on_ack"]
+    if ot2_url:
+        lines += [
+            f"  {SIMULATED_OT2}:",
+            "    protocol: http",
+            f"    address: {{base_url: '{ot2_url}'}}",
+            "    timeout_seconds: 120",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 @contextlib.asynccontextmanager
+async def connector_running(runtime: ConnectorRuntime, name: str) -> AsyncIterator[None]:
+    """A connector runtime in this loop, stopped gracefully on exit."""
+    task = asyncio.create_task(runtime.run(), name=name)
+    try:
+        yield
+    finally:
+        runtime.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 15)
+
+
+def connector_settings(
+    settings_class: type[ConnectorSettingsT],
+    base: Settings,
+    work_dir: Path,
+    port: int,
+    **extra: Any,
+) -> ConnectorSettingsT:
+    """Settings of a dev connector: the stack's Kafka, the sample registry, its own state."""
+    values: dict[str, Any] = {
+        **base.model_dump(),
+        "device_registry_path": work_dir / "devices.yaml",
+        "connector_metrics_port": port,
+        "connector_metrics_host": "127.0.0.1",
+        **extra,
+    }
+    values["connector_state_dir"] = work_dir / f"state-{settings_class.__name__.lower()}"
+    return settings_class(**values)
+
+
+@contextlib.asynccontextmanager
 async def mqtt_side(
     settings: Settings, mosquitto: PrivateMosquitto, work_dir: Path, sims: bool, port: int
-) -> AsyncIterator[list[asyncio.Task[None]]]:
-    """The MQTT connector (and simulators) in this loop, stopped gracefully on exit."""
+) -> AsyncIterator[None]:
+    """The MQTT connector (and simulated Pico W boards) in this loop."""
     from connectors.mqtt.transport import MqttTransport
-    from connectors.runtime import ConnectorRuntime
     from connectors.settings import MqttSettings
     from preservarium_pusher_api.devtools.pico_simulator import SimulatedPico
 
-    connector_settings = MqttSettings(
-        **{
-            **settings.model_dump(),
-            "mqtt_broker_url": mosquitto.url,
-            "mqtt_topic_prefix": TOPIC_PREFIX,
-            "mqtt_client_id": "pusher-dev-connector-mqtt",
-            "device_registry_path": write_registry(work_dir),
-            "connector_state_dir": work_dir / "connector-state",
-            "connector_metrics_port": port,
-            "connector_metrics_host": "127.0.0.1",
-        }
+    mqtt = connector_settings(
+        MqttSettings,
+        settings,
+        work_dir,
+        port,
+        mqtt_broker_url=mosquitto.url,
+        mqtt_topic_prefix=TOPIC_PREFIX,
+        mqtt_client_id="pusher-dev-connector-mqtt",
     )
-    runtime = ConnectorRuntime(connector_settings, MqttTransport(connector_settings))
-    tasks = [asyncio.create_task(runtime.run(), name="connector-mqtt")]
-    if sims:
-        tasks += [
-            asyncio.create_task(
-                SimulatedPico(device_id, mosquitto.host, mosquitto.port, TOPIC_PREFIX).run(),
-                name=f"sim-{device_id}",
-            )
-            for device_id in SIMULATED_PICOS
-        ]
+    sim_tasks = [
+        asyncio.create_task(
+            SimulatedPico(device_id, mosquitto.host, mosquitto.port, TOPIC_PREFIX).run(),
+            name=f"sim-{device_id}",
+        )
+        for device_id in (SIMULATED_PICOS if sims else ())
+    ]
     try:
-        yield tasks
+        async with connector_running(ConnectorRuntime(mqtt, MqttTransport(mqtt)), "mqtt"):
+            yield
     finally:
-        runtime.stop()
-        for task in tasks[1:]:
+        for task in sim_tasks:
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(tasks[0], 15)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*sim_tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def http_side(settings: Settings, work_dir: Path, port: int) -> AsyncIterator[None]:
+    """The HTTP connector in this loop."""
+    from connectors.http.transport import HttpTransport
+    from connectors.settings import HttpSettings
+
+    http = connector_settings(HttpSettings, settings, work_dir, port)
+    async with connector_running(ConnectorRuntime(http, HttpTransport(http)), "http"):
+        yield
+
+
+async def start_ot2_agent(port: int | None) -> SimulatedOt2Agent | None:
+    """The simulated OT-2 agent, or None (with the reason printed) when it cannot run."""
+    if (reason := agent_available()) is not None:
+        print(f"pusher dev: no simulated OT-2 ({reason})", file=sys.stderr)
+        return None
+    agent = SimulatedOt2Agent(port=port)
+    try:
+        await asyncio.to_thread(agent.start)
+    except RuntimeError as exc:
+        print(f"pusher dev: simulated OT-2 agent failed: {exc}", file=sys.stderr)
+        agent.close()
+        return None
+    return agent
 
 
 async def run_dev_stack(
@@ -106,10 +171,13 @@ async def run_dev_stack(
     mqtt_port: int | None = None,
     connector_port: int = 9102,
     sims: bool = True,
+    http_connector_port: int = 9103,
+    ot2_port: int | None = None,
 ) -> int:
     """Start every component, serve until interrupted, then stop them all."""
     broker = EmbeddedKafka(port=kafka_port)
     mosquitto = PrivateMosquitto(port=mqtt_port)
+    agent: SimulatedOt2Agent | None = None
     try:
         broker.start()
     except RuntimeError as exc:
@@ -121,6 +189,8 @@ async def run_dev_stack(
         except RuntimeError as exc:
             print(f"pusher dev: MQTT broker failed: {exc}", file=sys.stderr)
             return 1
+        if sims:
+            agent = await start_ot2_agent(ot2_port)
         settings = Settings(
             kafka_bootstrap_servers=broker.bootstrap_servers,
             kafka_enable_idempotence=False,
@@ -134,20 +204,31 @@ async def run_dev_stack(
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="pusher-dev-") as work:
-            async with mqtt_side(settings, mosquitto, Path(work), sims, connector_port):
+            work_dir = Path(work)
+            registry = write_registry(work_dir, agent.base_url if agent else None)
+            simulated = [f"{', '.join(SIMULATED_PICOS)} (Pico W)"] if sims else []
+            if agent is not None:
+                simulated.append(f"{SIMULATED_OT2} (OT-2 agent, simulate, {agent.base_url})")
+            async with (
+                mqtt_side(settings, mosquitto, work_dir, sims, connector_port),
+                http_side(settings, work_dir, http_connector_port),
+            ):
                 print(
                     BANNER.format(
                         api=f"{api_host}:{api_port}",
                         kafka=broker.bootstrap_servers,
                         mqtt=mosquitto.url + "  (private mosquitto)",
                         connector=f"127.0.0.1:{connector_port}",
-                        sims=", ".join(SIMULATED_PICOS) + " (Pico W)" if sims else "none",
-                        registry=Path(work) / "devices.yaml",
+                        http_connector=f"127.0.0.1:{http_connector_port}",
+                        sims="\n               ".join(simulated) or "none",
+                        registry=registry,
                     ),
                     flush=True,
                 )
                 await server.serve()
         return 0 if server.started else 1
     finally:
+        if agent is not None:
+            agent.close()
         mosquitto.close()
         broker.stop()
