@@ -23,6 +23,7 @@ from typing import Any
 from connectors.dedupe import RecentRequests
 from connectors.errors import (
     CommandRejected,
+    DeliveryTimedOut,
     DeliveryUncertain,
     DeviceBusy,
     TransportUnavailable,
@@ -299,6 +300,10 @@ class Dispatcher:
             if sent_report is not None:
                 await sent_report
             return exc
+        except DeliveryTimedOut as exc:
+            self._time_out(request_id, detail=exc.message)
+            assert sent_report is not None
+            return None, sent_report, pending
         except DeliveryUncertain as exc:
             self._metrics.outcome("uncertain")
             log.warning(
@@ -401,21 +406,27 @@ class Dispatcher:
     def reap_deadlines(self) -> int:
         """Report ``timed_out`` for every command whose answer is overdue; returns how many."""
         now = time.monotonic()
-        overdue = [(rid, p) for rid, p in self.pending.items() if p.deadline <= now]
-        for request_id, pending in overdue:
-            del self.pending[request_id]
-            self._metrics.outcome("timed_out")
-            self._reporter.emit_later(
-                self._reporter.status_event(
-                    request_id,
-                    pending.device_id,
-                    CommandStatus.TIMED_OUT,
-                    detail=f"no answer within {pending.timeout:g} s",
-                )
-            )
-            if pending.waiter is not None and not pending.waiter.done():
-                pending.waiter.set_result(None)
+        overdue = [rid for rid, p in self.pending.items() if p.deadline <= now]
+        for request_id in overdue:
+            self._time_out(request_id)
         return len(overdue)
+
+    def _time_out(self, request_id: str, detail: str | None = None) -> None:
+        """Report ``timed_out`` for a command awaiting its answer, and stop waiting."""
+        pending = self.pending.pop(request_id, None)
+        if pending is None:
+            return
+        self._metrics.outcome("timed_out")
+        self._reporter.emit_later(
+            self._reporter.status_event(
+                request_id,
+                pending.device_id,
+                CommandStatus.TIMED_OUT,
+                detail=detail or f"no answer within {pending.timeout:g} s",
+            )
+        )
+        if pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(None)
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ class DeliveryUncertain(ConnectorError):
     """
 
 
+class DeliveryTimedOut(DeliveryUncertain):
+    """The transport gave up waiting for the device's acknowledgement (e.g. CoAP's
+    retransmissions ran out); reported ``timed_out`` at once, never sent again."""
+
+
 class CommandRejected(ConnectorError):
     """The command cannot be delivered as it is (unknown device, bad parser, bad target).
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors.runtime import ConnectorRuntime
-from connectors.settings import ConnectorSettings, HttpSettings, MqttSettings
+from connectors.settings import CoapSettings, ConnectorSettings, HttpSettings, MqttSettings
 from connectors.transport import Transport
 from preservarium_pusher_api.utils.logging import configure_logging, get_logger
 
@@ -38,8 +38,15 @@ def _http(overrides: dict[str, Any]) -> tuple[ConnectorSettings, Transport]:
     return settings, HttpTransport(settings)
 
 
+def _coap(overrides: dict[str, Any]) -> tuple[ConnectorSettings, Transport]:
+    from connectors.coap.transport import CoapTransport
+
+    settings = CoapSettings(**overrides)
+    return settings, CoapTransport(settings)
+
+
 Builder = Callable[[dict[str, Any]], tuple[ConnectorSettings, Transport]]
-BUILDERS: dict[str, Builder] = {"mqtt": _mqtt, "http": _http}
+BUILDERS: dict[str, Builder] = {"mqtt": _mqtt, "http": _http, "coap": _coap}
 
 
 async def run(runtime: ConnectorRuntime) -> None:

@@ -98,3 +98,12 @@ class HttpSettings(ConnectorSettings):
     http_max_connections: int = Field(100, ge=1, le=10_000)
     http_max_keepalive_connections: int = Field(20, ge=0, le=10_000)
     http_user_agent: str = "preservarium-pusher-connector"
+
+
+class CoapSettings(ConnectorSettings):
+    """Settings of the CoAP connector (``COAP_*``); addresses come from the registry."""
+
+    # CoAP's own retransmission of CON messages (RFC 7252 defaults): no ACK after
+    # ACK_TIMEOUT * (2**(MAX_RETRANSMIT+1) - 1) * 1.5 seconds → timed_out.
+    coap_ack_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    coap_max_retransmit: int = Field(4, ge=0, le=20)

@@ -39,6 +39,27 @@ class DeviceAnswer:
     error: str | None = None
 
 
+def answer_from_value(value: Any, request_id: str | None) -> DeviceAnswer:
+    """A decoded answer (JSON, CBOR): the envelope's status when it is one, else the value
+    itself as a successful result.
+
+    Raises:
+        ValueError: no request_id in the answer nor from the transport.
+    """
+    answer_id = request_id
+    if isinstance(value, dict) and value.get("status") in ("success", "error"):
+        answer_id = value.get("request_id") or request_id
+        if not isinstance(answer_id, str) or not answer_id:
+            raise ValueError("answer has no request_id")
+        if value["status"] == "error":
+            error = value.get("error")
+            return DeviceAnswer(answer_id, ok=False, error=str(error) if error else "error")
+        return DeviceAnswer(answer_id, ok=True, result=value.get("result"))
+    if not answer_id:
+        raise ValueError("answer has no request_id")
+    return DeviceAnswer(answer_id, ok=True, result=value)
+
+
 class Parser(Protocol):
     """What a parser module provides."""
 

@@ -1,0 +1,1 @@
+"""CoAP connector: commands as ``POST coap://{host}:{port}/{path}`` to sensors."""
