@@ -95,6 +95,8 @@ def run_dev(args: argparse.Namespace) -> int:
             sims=not args.no_sims,
             http_connector_port=args.http_connector_port,
             ot2_port=args.ot2_port,
+            coap_connector_port=args.coap_connector_port,
+            coap_port=args.coap_port,
         )
     )
 
@@ -139,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-connector-port", type=int, default=9103, help="HTTP connector health/metrics port"
     )
     dev.add_argument("--ot2-port", type=int, default=None, help="simulated OT-2 agent port")
+    dev.add_argument(
+        "--coap-connector-port", type=int, default=9104, help="CoAP connector health/metrics port"
+    )
+    dev.add_argument(
+        "--coap-port", type=int, default=None, help="simulated CoAP sensor UDP port (default: free)"
+    )
     dev.add_argument("--no-sims", action="store_true", help="no simulated devices")
     dev.set_defaults(handler=run_dev)
     return parser

@@ -174,6 +174,7 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     argv += ["--mqtt-port", str(mqtt_port), "--connector-port", str(free_port())]
     ot2_port = free_port()
     argv += ["--http-connector-port", str(free_port()), "--ot2-port", str(ot2_port)]
+    argv += ["--coap-connector-port", str(free_port()), "--coap-port", str(free_port())]
     process = subprocess.Popen(
         argv,
         env={**os.environ, "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db"},
@@ -201,33 +202,24 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
         )
         assert sorted(r.key.decode() for r in records if r.key) == sorted(expected_devices)
         assert all(value_of(r)["device_id"] == r.key.decode() for r in records if r.key)
-        # the simulated Pico W runs the first example's command through the MQTT connector
-        first = json_documents(
-            subprocess.run(
-                ["bash", "-c", examples[0].replace("localhost:8000", f"127.0.0.1:{api_port}")],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
+
+        # each simulated device runs its example's command through its connector
+        async def run_to_the_end(marker: str) -> dict[str, Any]:
+            example = next(e for e in examples if marker in e)
+            script = example.replace("localhost:8000", f"127.0.0.1:{api_port}")
+            output = subprocess.run(
+                ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True
             ).stdout
-        )[0]
-        status_url = f"{base_url}/api/v1/commands/{first['request_id']}/status"
-        final = await wait_terminal(status_url)
-        assert final["status"] == "succeeded", final
-        # and the simulated OT-2 mixes through the HTTP connector
-        ot2_example = next(e for e in examples if '"ot2-lab-001"' in e)
-        mixed = json_documents(
-            subprocess.run(
-                ["bash", "-c", ot2_example.replace("localhost:8000", f"127.0.0.1:{api_port}")],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
-        )[0]
-        final = await wait_terminal(f"{base_url}/api/v1/commands/{mixed['request_id']}/status")
-        assert final["status"] == "succeeded", final
-        assert final["result"]["total_ul"] == 180
+            request_id = json_documents(output)[0]["request_id"]
+            final = await wait_terminal(f"{base_url}/api/v1/commands/{request_id}/status")
+            assert final["status"] == "succeeded", final
+            return final
+
+        await run_to_the_end('"pico-w-lab-001"')
+        mixed = await run_to_the_end('"ot2-lab-001"')
+        assert mixed["result"]["total_ul"] == 180
+        configured = await run_to_the_end('"coap-sensor-001"')
+        assert configured["result"]["payload"]["config"]["measurement_interval"] == 60
     finally:
         output = stop(process, signal.SIGINT)
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output

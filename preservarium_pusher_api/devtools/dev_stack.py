@@ -1,8 +1,8 @@
 """``pusher dev``: the whole system on one machine, for local use.
 
 Embedded Kafka-compatible broker, a private Mosquitto, the API with its tracker, the MQTT
-and HTTP connectors with a sample device registry, two simulated Pico W boards and an OT-2
-agent on ``opentrons.simulate`` — stopped together with Ctrl-C.
+, HTTP and CoAP connectors with a sample device registry, two simulated Pico W boards, an
+OT-2 agent on ``opentrons.simulate`` and a CoAP sensor — stopped together with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from connectors.runtime import ConnectorRuntime
 from connectors.settings import ConnectorSettings
 from preservarium_pusher_api.cli import uvicorn_options
 from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.devtools.coap_simulator import SimulatedCoapSensor
 from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka
 from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
 from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent, agent_available
@@ -29,6 +30,7 @@ from preservarium_pusher_api.utils.logging import configure_logging
 
 SIMULATED_PICOS = ("pico-w-lab-001", "pico-w-lab-002")
 SIMULATED_OT2 = "ot2-lab-001"
+SIMULATED_SENSOR = "coap-sensor-001"
 TOPIC_PREFIX = "lab"
 ConnectorSettingsT = TypeVar("ConnectorSettingsT", bound=ConnectorSettings)
 
@@ -42,6 +44,7 @@ Preservarium Pusher (dev)
   MQTT         {mqtt}
   Connectors   mqtt (health/metrics http://{connector})
                http (health/metrics http://{http_connector})
+               coap (health/metrics http://{coap_connector})
   Simulators   {sims}
   Registry     {registry}
 
@@ -56,7 +59,9 @@ Ctrl-C stops everything.
 """
 
 
-def write_registry(directory: Path, ot2_url: str | None = None) -> Path:
+def write_registry(
+    directory: Path, ot2_url: str | None = None, sensor_port: int | None = None
+) -> Path:
     """The sample device registry of the dev stack."""
     path = directory / "devices.yaml"
     lines = ["devices:"]
@@ -68,6 +73,13 @@ def write_registry(directory: Path, ot2_url: str | None = None) -> Path:
             "    protocol: http",
             f"    address: {{base_url: '{ot2_url}'}}",
             "    timeout_seconds: 120",
+        ]
+    if sensor_port:
+        lines += [
+            f"  {SIMULATED_SENSOR}:",
+            "    protocol: coap",
+            f"    address: {{host: 127.0.0.1, port: {sensor_port}}}",
+            "    timeout_seconds: 30",
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -149,6 +161,22 @@ async def http_side(settings: Settings, work_dir: Path, port: int) -> AsyncItera
         yield
 
 
+@contextlib.asynccontextmanager
+async def coap_side(
+    settings: Settings, work_dir: Path, port: int, sensor: SimulatedCoapSensor | None
+) -> AsyncIterator[None]:
+    """The CoAP connector (and the simulated sensor) in this loop."""
+    from connectors.coap.transport import CoapTransport
+    from connectors.settings import CoapSettings
+
+    coap = connector_settings(CoapSettings, settings, work_dir, port)
+    async with contextlib.AsyncExitStack() as stack:
+        if sensor is not None:
+            await stack.enter_async_context(sensor)
+        async with connector_running(ConnectorRuntime(coap, CoapTransport(coap)), "coap"):
+            yield
+
+
 async def start_ot2_agent(port: int | None) -> SimulatedOt2Agent | None:
     """The simulated OT-2 agent, or None (with the reason printed) when it cannot run."""
     if (reason := agent_available()) is not None:
@@ -173,6 +201,8 @@ async def run_dev_stack(
     sims: bool = True,
     http_connector_port: int = 9103,
     ot2_port: int | None = None,
+    coap_connector_port: int = 9104,
+    coap_port: int | None = None,
 ) -> int:
     """Start every component, serve until interrupted, then stop them all."""
     broker = EmbeddedKafka(port=kafka_port)
@@ -205,13 +235,21 @@ async def run_dev_stack(
         server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="pusher-dev-") as work:
             work_dir = Path(work)
-            registry = write_registry(work_dir, agent.base_url if agent else None)
+            sensor = SimulatedCoapSensor(SIMULATED_SENSOR, port=coap_port) if sims else None
+            registry = write_registry(
+                work_dir, agent.base_url if agent else None, sensor.port if sensor else None
+            )
             simulated = [f"{', '.join(SIMULATED_PICOS)} (Pico W)"] if sims else []
             if agent is not None:
                 simulated.append(f"{SIMULATED_OT2} (OT-2 agent, simulate, {agent.base_url})")
+            if sensor is not None:
+                simulated.append(
+                    f"{SIMULATED_SENSOR} (CoAP sensor, coap://127.0.0.1:{sensor.port})"
+                )
             async with (
                 mqtt_side(settings, mosquitto, work_dir, sims, connector_port),
                 http_side(settings, work_dir, http_connector_port),
+                coap_side(settings, work_dir, coap_connector_port, sensor),
             ):
                 print(
                     BANNER.format(
@@ -220,6 +258,7 @@ async def run_dev_stack(
                         mqtt=mosquitto.url + "  (private mosquitto)",
                         connector=f"127.0.0.1:{connector_port}",
                         http_connector=f"127.0.0.1:{http_connector_port}",
+                        coap_connector=f"127.0.0.1:{coap_connector_port}",
                         sims="\n               ".join(simulated) or "none",
                         registry=registry,
                     ),
