@@ -31,6 +31,7 @@ format: $(STAMP)
 bench: $(STAMP)  ## load test; writes docs/benchmarks.md
 	$(BIN)/python bench/run_bench.py $(ARGS)
 	$(BIN)/python bench/mqtt_bench.py
+	$(BIN)/python bench/coap_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -61,7 +61,15 @@ def connector_settings(
     )
 
 
-async def produce_commands(kafka: str, topic: str, total: int, devices: int) -> None:
+async def produce_commands(
+    kafka: str,
+    topic: str,
+    total: int,
+    devices: int,
+    protocol: str = "mqtt",
+    command_type: str = "control_led",
+    payload: dict[str, Any] | None = None,
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     await producer.start()
     try:
@@ -71,9 +79,9 @@ async def produce_commands(kafka: str, topic: str, total: int, devices: int) -> 
             message = CommandMessage(
                 request_id=str(uuid.uuid4()),
                 device_id=f"bench-dev-{n % devices}",
-                command_type="control_led",
-                payload={"pin": 25, "state": True},
-                protocol="mqtt",
+                command_type=command_type,
+                payload=payload if payload is not None else {"pin": 25, "state": True},
+                protocol=protocol,
                 created_at=now,
                 expires_at=now + timedelta(minutes=10),
                 timeout_seconds=600,
@@ -91,6 +99,27 @@ async def produce_commands(kafka: str, topic: str, total: int, devices: int) -> 
         await producer.stop()
 
 
+async def create_topics(settings: Any) -> None:
+    """The API's topics with their partitions, before any consumer joins."""
+    from preservarium_pusher_api.services.kafka_service import KafkaService
+    from preservarium_pusher_api.utils.metrics import PusherMetrics
+
+    service = KafkaService(settings, PusherMetrics())
+    await service.start()
+    await asyncio.wait_for(service.wait_connected(), 30)
+    await service.stop()
+
+
+def write_section(output: Path, start: str, end: str, section: str) -> None:
+    """Replace (or append) a marked section of docs/benchmarks.md."""
+    text = output.read_text() if output.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section.strip() + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section
+    output.write_text(text)
+
+
 async def connector_rate(kafka: str, mqtt: PrivateMosquitto, total: int, devices: int) -> float:
     topic = f"bench-mqtt-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state:
@@ -104,17 +133,7 @@ async def connector_rate(kafka: str, mqtt: PrivateMosquitto, total: int, devices
             kafka_topic_partitions=6,
             connector_group_id=topic,
         )
-        # topics first, so the connector's group sees every partition
-        admin_probe = AIOKafkaProducer(bootstrap_servers=kafka)
-        await admin_probe.start()
-        await admin_probe.stop()
-        from preservarium_pusher_api.services.kafka_service import KafkaService
-        from preservarium_pusher_api.utils.metrics import PusherMetrics
-
-        service = KafkaService(settings, PusherMetrics())
-        await service.start()
-        await asyncio.wait_for(service.wait_connected(), 30)
-        await service.stop()
+        await create_topics(settings)
         await produce_commands(kafka, topic, total, devices)
         runtime = ConnectorRuntime(settings, MqttTransport(settings))
         delivered = runtime.metrics.deliveries.labels("mqtt", "delivered")
@@ -343,12 +362,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     section = asyncio.run(measure(args))
-    text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section.strip() + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    args.output.write_text(text)
+    write_section(args.output, START, END, section)
     print(section)
 
 

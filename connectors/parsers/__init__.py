@@ -16,6 +16,7 @@ belongs to (a CoAP or HTTP response); MQTT answers carry it in the message.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -74,11 +75,19 @@ class Parser(Protocol):
         ...
 
 
-def available_parsers() -> list[str]:
-    """Names of the parser modules in this package (the allow-list)."""
-    return sorted(
-        info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+@functools.cache
+def _parser_modules() -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+        )
     )
+
+
+def available_parsers() -> list[str]:
+    """Names of the parser modules in this package (the allow-list; read once per process:
+    parsers are code, deployed with the connector)."""
+    return list(_parser_modules())
 
 
 def parser_name(ref: str | None) -> str:
@@ -95,7 +104,7 @@ def parser_name(ref: str | None) -> str:
     name = name.removesuffix(".py")
     if not name.isidentifier() or name.startswith("_"):
         raise ParserError(f"parser reference {ref!r} is not a parser name")
-    if name not in available_parsers():
+    if name not in _parser_modules():
         raise ParserError(f"parser {name!r} not found; available: {', '.join(available_parsers())}")
     return name
 

@@ -329,14 +329,19 @@ async def _serve(args: argparse.Namespace) -> None:
         name, _, code = item.partition("=")
         major, _, minor = code.partition(".")
         errors[name] = (aiocoap.numbers.Code(int(major) * 32 + int(minor)), "simulated error")
-    sensor_port = free_port(args.host) if args.loss else args.port
-    sensor = SimulatedCoapSensor(args.device_id, args.host, sensor_port, args.delay, errors=errors)
-    async with sensor, contextlib.AsyncExitStack() as stack:
-        if args.loss:
+    async with contextlib.AsyncExitStack() as stack:
+        for n in range(args.devices):
+            device_id = args.device_id if args.devices == 1 else f"{args.device_id}-{n}"
+            port = args.port + n
+            sensor_port = free_port(args.host) if args.loss else port
             await stack.enter_async_context(
-                LossyRelay((args.host, sensor_port), args.loss, args.host, args.port)
+                SimulatedCoapSensor(device_id, args.host, sensor_port, args.delay, errors=errors)
             )
-        print(f"coap sensor {args.device_id} on coap://{args.host}:{args.port}", flush=True)
+            if args.loss:
+                await stack.enter_async_context(
+                    LossyRelay((args.host, sensor_port), args.loss, args.host, port)
+                )
+            print(f"coap sensor {device_id} on coap://{args.host}:{port}", flush=True)
         await asyncio.Event().wait()
 
 
@@ -346,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device-id", default="coap-sensor-001")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5683)
+    parser.add_argument(
+        "--devices", type=int, default=1, help="sensors on consecutive ports from --port"
+    )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--loss", type=float, default=0.0, help="share of datagrams dropped")
     parser.add_argument(
