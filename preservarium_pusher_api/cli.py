@@ -1,4 +1,6 @@
-"""The ``pusher`` command: ``pusher api`` serves the API, ``pusher dev`` runs a local stack."""
+"""The ``pusher`` command: ``pusher api`` serves the API, ``pusher dev`` runs a local stack,
+``pusher connector PROTOCOL`` a connector, ``pusher send|status|list|cancel|devices`` talk to
+a running API (see ``client_cli``)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
+from preservarium_pusher_api.client_cli import add_client_commands
 from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.core.exceptions import ConfigurationError
-from preservarium_pusher_api.main import create_app
 from preservarium_pusher_api.utils.logging import configure_logging
 
 FACTORY = "preservarium_pusher_api.main:create_app"
@@ -34,6 +34,10 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
 
 def run_api(args: argparse.Namespace) -> int:
     """Serve the API with uvicorn, configured from the environment and flags."""
+    import uvicorn
+
+    from preservarium_pusher_api.main import create_app
+
     overrides = {k: v for k, v in {"api_host": args.host, "api_port": args.port}.items() if v}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--no-sims", action="store_true", help="no simulated devices")
     dev.set_defaults(handler=run_dev)
+    add_client_commands(commands)
     return parser
 
 

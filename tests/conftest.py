@@ -225,3 +225,27 @@ def mosquitto() -> Iterator[Any]:
 
     with PrivateMosquitto() as broker:
         yield broker
+
+
+@dataclass
+class LedStack:
+    """API with tracker, an MQTT connector and one simulated Pico W (``pico-c1``)."""
+
+    api: LiveApi
+    prefix: str
+
+
+@pytest.fixture
+async def led_stack(
+    make_settings: SettingsFactory, mosquitto: Any, tmp_path: Path
+) -> AsyncIterator[LedStack]:
+    from tests.mqtt_helpers import mqtt_settings, running_connector, simulators
+
+    base = make_settings(tracker_enabled=True)
+    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    async with (
+        serve(base) as api,
+        running_connector(settings),
+        simulators(mosquitto, settings.mqtt_topic_prefix, "pico-c1"),
+    ):
+        yield LedStack(api, settings.mqtt_topic_prefix)
