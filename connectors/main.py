@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import CoapSettings, ConnectorSettings, HttpSettings, MqttSettings
 from connectors.transport import Transport
+from preservarium_pusher_api.core.exceptions import ConfigurationError
 from preservarium_pusher_api.utils.logging import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -81,5 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     runtime = ConnectorRuntime(settings, transport)
-    asyncio.run(run(runtime))
+    try:
+        asyncio.run(run(runtime))
+    except ConfigurationError as exc:
+        print(f"pusher connector {args.protocol}: {exc.message}", file=sys.stderr)
+        return 2
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from preservarium_pusher_api.core.exceptions import ConfigurationError
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -131,15 +134,27 @@ class _EmbeddedServer(uvicorn.Server):
 async def serve_health(
     app: Starlette, host: str, port: int
 ) -> AsyncIterator[uvicorn.Server | None]:
-    """Serve ``app`` on ``host:port`` while the context is open (port 0: not served)."""
+    """Serve ``app`` on ``host:port`` while the context is open (port 0: not served).
+
+    Raises:
+        ConfigurationError: the port cannot be bound (in use, not allowed), before anything
+            else starts.
+    """
     if not port:
         yield None
         return
+    try:
+        # Bound here, so that a taken port is a clear error instead of uvicorn's exit.
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve health/metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(), name="connector-health")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="connector-health")
     try:
         yield server
     finally:

@@ -120,12 +120,12 @@ class ConnectorRuntime:
 
     async def run(self) -> None:
         """Run until ``stop()``; returns after a graceful shutdown."""
-        self.recent.open()
         self.registry.load()
         app = health_app(self.metrics, self.health)
         async with serve_health(
             app, self.settings.connector_metrics_host, self.settings.connector_metrics_port
         ):
+            self.recent.open()
             await self.reporter.start(self._stopping)
             helpers = [
                 asyncio.create_task(self.transport.run(), name="transport"),

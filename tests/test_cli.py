@@ -227,6 +227,43 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
     assert not wait_for_port("127.0.0.1", mqtt_port, timeout=0.5), "Mosquitto left running"
     assert not wait_for_port("127.0.0.1", ot2_port, timeout=0.5), "OT-2 agent left running"
+    for component in ("[api]", "[mqtt connector]", "[http connector]", "[coap connector]",
+                      "[ot2-agent]"):  # fmt: skip
+        assert component in output, component
+
+
+def test_pusher_dev_names_a_component_that_fails_at_start_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """The HTTP connector's port is taken: dev says which and why, exits 1, no orphans."""
+    import socket
+
+    api_port, kafka_port, mqtt_port, ot2_port = free_port(), free_port(), free_port(), free_port()
+    taken = socket.create_server(("127.0.0.1", 0))
+    http_port = taken.getsockname()[1]
+    argv = [PUSHER, "dev", "--api-port", str(api_port), "--kafka-port", str(kafka_port),
+            "--mqtt-port", str(mqtt_port), "--connector-port", str(free_port()),
+            "--http-connector-port", str(http_port), "--ot2-port", str(ot2_port),
+            "--coap-connector-port", str(free_port()), "--coap-port", str(free_port())]  # fmt: skip
+    try:
+        result = subprocess.run(
+            argv,
+            env={**os.environ, "STATUS_STORE_URL": f"sqlite:///{tmp_path}/status.db"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            check=False,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"pusher dev: http connector failed at start: ConfigurationError: cannot serve "
+        f"health/metrics on 127.0.0.1:{http_port}: Address already in use"
+    ) in result.stderr
+    for port in (api_port, kafka_port, mqtt_port, ot2_port):
+        assert not wait_for_port("127.0.0.1", port, timeout=0.5), f"port {port} left open"
 
 
 async def test_pusher_tracker_alone_applies_events_and_serves_metrics(

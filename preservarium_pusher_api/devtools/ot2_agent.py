@@ -11,7 +11,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -43,6 +45,8 @@ class SimulatedOt2Agent:
         token: str | None = None,
         state_dir: Path | None = None,
         host: str = "127.0.0.1",
+        echo: Callable[[str], None] | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -50,6 +54,8 @@ class SimulatedOt2Agent:
         self.token = token
         self.directory = Path(tempfile.mkdtemp(prefix="pusher-ot2-"))
         self.state_dir = state_dir or self.directory / "state"
+        self.echo = echo
+        self.log_level = log_level
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +87,7 @@ class SimulatedOt2Agent:
             "--state-dir",
             str(self.state_dir),
             "--log-level",
-            "warning",
+            self.log_level,
         ]
         for module in self.tasks or []:
             command += ["--tasks", module]
@@ -91,10 +97,16 @@ class SimulatedOt2Agent:
             # opentrons keeps its settings here instead of the user's home
             "OT_API_CONFIG_DIR": str(self.directory / "opentrons"),
         }
-        with self.log_path.open("ab") as log_file:
+        if self.echo is None:
+            with self.log_path.open("ab") as log_file:
+                self._process = subprocess.Popen(  # noqa: S603 - our interpreter and script
+                    command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+                )
+        else:
             self._process = subprocess.Popen(  # noqa: S603 - our interpreter and script
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
             )
+            threading.Thread(target=self._copy_output, daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -105,9 +117,19 @@ class SimulatedOt2Agent:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        log = self.log_path.read_text(errors="replace")[-2000:]
+        log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
         self.stop()
         raise RuntimeError(f"OT-2 agent did not become ready on port {self.port}: {log}")
+
+    def _copy_output(self) -> None:
+        """Each line the agent prints: to its log file and to ``echo``."""
+        process = self._process
+        if process is None or process.stdout is None or self.echo is None:
+            return
+        with self.log_path.open("ab") as log_file:
+            for line in process.stdout:
+                log_file.write(line)
+                self.echo(line.decode(errors="replace").rstrip())
 
     def stop(self) -> None:
         """SIGTERM (a running action finishes first), SIGKILL after a while."""

@@ -38,6 +38,16 @@ def _logger_field(
     return event
 
 
+def _component_prefix(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Console lines start with ``[component]`` when one is bound (``pusher dev``)."""
+    component = event.pop("component", None)
+    if component:
+        event["event"] = f"[{component}] {event.get('event', '')}"
+    return event
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["json", "console"] = "json",
@@ -57,8 +67,10 @@ def configure_logging(
     """
     out = stream if stream is not None else sys.stderr
     renderer: structlog.types.Processor
+    prefix: list[structlog.types.Processor] = []
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        prefix = [_component_prefix]
     else:
         renderer = structlog.processors.JSONRenderer()
 
@@ -71,6 +83,7 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            *prefix,
             renderer,
         ],
         # Disabled levels are dropped by the bound logger before any processor runs.
@@ -83,6 +96,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            *prefix,
             renderer,
         ],
     )
