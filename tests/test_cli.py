@@ -119,10 +119,29 @@ def test_auth_without_keys_exits_with_a_clear_message(api_env: dict[str, str]) -
     assert "no API key" in result.stderr
 
 
+def readme_examples(language: str, marker: str) -> list[str]:
+    """Every ```{language} block of the README that contains ``marker``."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [block for block in blocks if marker in block]
+
+
 def readme_curl_examples() -> list[str]:
     """Every ```bash block of the README that calls curl."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    return [block for block in blocks if "curl " in block]
+    return readme_examples("bash", "curl ")
+
+
+def test_readme_registry_and_json_examples_parse() -> None:
+    """The YAML registries load with the connectors' own parser; the JSON shown is JSON."""
+    from connectors.registry import parse_registry
+
+    registries = readme_examples("yaml", "devices:")
+    assert len(registries) >= 2
+    for example in registries:
+        assert parse_registry(example, ".yaml"), example
+    documents = readme_examples("json", "")
+    assert documents
+    for example in documents:
+        json.loads(example)
 
 
 def json_documents(text: str) -> list[Any]:
@@ -220,6 +239,24 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
         assert mixed["result"]["total_ul"] == 180
         configured = await run_to_the_end('"coap-sensor-001"')
         assert configured["result"]["payload"]["config"]["measurement_interval"] == 60
+        # the CLI and Python examples, as a newcomer pastes them (their asserts and exit
+        # codes say whether they did what the README says)
+        env = {**os.environ, "PUSHER_URL": base_url}
+        for example in readme_examples("bash", "pusher "):
+            script = example.replace(".venv/bin/pusher", PUSHER)
+            result = await asyncio.to_thread(
+                subprocess.run, ["bash", "-c", script], capture_output=True, text=True,
+                timeout=90, env=env, cwd=ROOT, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, (example, result.stdout, result.stderr)
+            assert "succeeded" in result.stdout, example
+        for example in readme_examples("python", ""):
+            script = example.replace("localhost:8000", f"127.0.0.1:{api_port}")
+            result = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True,
+                timeout=150, cwd=ROOT, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, (example, result.stdout, result.stderr)
     finally:
         output = stop(process, signal.SIGINT)
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
