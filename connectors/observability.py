@@ -101,8 +101,19 @@ class ConnectorMetrics:
             ["protocol", "outcome"],
             registry=self.registry,
         )
+        # Every series exists from the start (at 0), so dashboards and alerts see it.
         for outcome in ("delivered", "succeeded", "failed", "timed_out", "expired"):
             self.deliveries.labels(protocol, outcome)
+        for metric in (
+            self.retries,
+            self.busy_retries,
+            self.delivery_latency,
+            self.answer_latency,
+            self.in_flight,
+            self.reconnects,
+            self.transport_connected,
+        ):
+            metric.labels(protocol)
 
     def outcome(self, outcome: str) -> None:
         """Count one command outcome."""

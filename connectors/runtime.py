@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -83,8 +84,10 @@ class ConnectorRuntime:
         self.registry = DeviceRegistry(
             settings.device_registry_path, settings.registry_reload_seconds
         )
+        # One journal per instance: replicas sharing a volume never rewrite each other's.
+        instance = re.sub(r"[^A-Za-z0-9_.-]", "_", settings.connector_id)
         journal = (
-            settings.connector_state_dir / f"{self.protocol}-sent.journal"
+            settings.connector_state_dir / f"{self.protocol}-{instance}-sent.journal"
             if settings.connector_state_dir
             else None
         )

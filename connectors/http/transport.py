@@ -89,6 +89,8 @@ class HttpTransport(Transport):
 
     async def run(self) -> None:
         """Nothing to keep up between requests; closes the pools when cancelled."""
+        if self.events is not None:
+            self.events.transport_state(True)
         try:
             await asyncio.Event().wait()
         finally:

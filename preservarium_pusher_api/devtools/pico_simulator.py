@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 from collections import Counter, OrderedDict
@@ -64,6 +65,8 @@ class SimulatedPico:
     latency: float = 0.0
     error_rate: float = 0.0
     seed: int | None = None
+    username: str | None = None
+    password: str | None = None
     executed: Counter[str] = field(default_factory=Counter)
     order: list[str] = field(default_factory=list)
     duplicates_absorbed: int = 0
@@ -117,6 +120,8 @@ class SimulatedPico:
                     self.broker_host,
                     self.broker_port,
                     identifier=f"sim-{self.device_id}",
+                    username=self.username,
+                    password=self.password,
                     clean_session=False,
                     will=will,
                     keepalive=10,
@@ -204,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m preservarium_pusher_api.devtools.pico_simulator``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device-id", action="append", required=True, help="repeatable")
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    parser.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL; credentials from MQTT_USERNAME / MQTT_PASSWORD",
+    )
     parser.add_argument("--prefix", default="lab")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per command")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of failing tasks")
@@ -218,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             args.prefix,
             args.latency,
             args.error_rate,
+            username=os.environ.get("MQTT_USERNAME") or None,
+            password=os.environ.get("MQTT_PASSWORD") or None,
         )
         for device_id in args.device_id
     ]
