@@ -1,4 +1,5 @@
-"""Helpers for connector tests: a connector running in this event loop, MQTT listeners."""
+"""Helpers for connector tests: settings, a connector running in this event loop, MQTT
+listeners."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 
@@ -41,6 +42,32 @@ def mqtt_settings(
     )
     values.update(overrides)
     return MqttSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
+
+
+def registry_settings(
+    settings_class: type[SettingsT],
+    base: Settings,
+    tmp_path: Path,
+    devices: dict[str, Any],
+    **overrides: Any,
+) -> SettingsT:
+    """Connector settings on ``base``'s Kafka topics with ``devices`` as the registry file,
+    its own state directory and consumer group."""
+    registry_path = tmp_path / f"devices-{uuid.uuid4().hex[:6]}.json"
+    registry_path.write_text(json.dumps({"devices": devices}))
+    values = base.model_dump()
+    values.update(
+        device_registry_path=registry_path,
+        connector_metrics_port=0,
+        connector_state_dir=tmp_path / f"state-{uuid.uuid4().hex[:6]}",
+        connector_id="test",
+        connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
+    )
+    values.update(overrides)
+    return settings_class(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ import binascii
 import contextlib
 import json
 import struct
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from connectors.settings import CoapSettings
 from preservarium_pusher_api.devtools.coap_simulator import LossyRelay, SimulatedCoapSensor
 from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from tests.conftest import LiveApi, SettingsFactory, command, serve
-from tests.mqtt_helpers import running_connector
+from tests.mqtt_helpers import registry_settings, running_connector
 from tests.test_status_api import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -71,23 +70,15 @@ def coap_stack(make_settings: SettingsFactory, tmp_path: Path) -> StackFactory:
             "coap-1": {"protocol": "coap", "address": {"host": "127.0.0.1", "port": sensor.port}},
             **(devices or {}),
         }
-        path = tmp_path / f"devices-{uuid.uuid4().hex[:6]}.json"
-        path.write_text(json.dumps({"devices": registry}))
         base = make_settings(tracker_enabled=True)
-        values = base.model_dump()
-        values.update(
-            device_registry_path=path,
-            connector_metrics_port=0,
-            connector_state_dir=tmp_path / f"state-{uuid.uuid4().hex[:6]}",
-            connector_id="test",
-            connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
-            connector_retry_max_attempts=3,
-            connector_retry_max_backoff_seconds=0.3,
-            coap_ack_timeout_seconds=0.2,
-            coap_max_retransmit=4,
-        )
-        values.update(overrides)
-        settings = CoapSettings(_env_file=None, **values)  # type: ignore[call-arg]
+        options: dict[str, Any] = {
+            "connector_retry_max_attempts": 3,
+            "connector_retry_max_backoff_seconds": 0.3,
+            "coap_ack_timeout_seconds": 0.2,
+            "coap_max_retransmit": 4,
+            **overrides,
+        }
+        settings = registry_settings(CoapSettings, base, tmp_path, registry, **options)
         transport = CoapTransport(settings)
         async with (
             sensor,

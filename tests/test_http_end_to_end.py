@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,10 +23,11 @@ import pytest
 from connectors.http.transport import HttpTransport
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import HttpSettings
+from preservarium_pusher_api.core.config import Settings
 from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent
 from tests.conftest import LiveApi, SettingsFactory, command, serve
-from tests.mqtt_helpers import running_connector, settings_env
+from tests.mqtt_helpers import registry_settings, running_connector, settings_env
 from tests.test_mqtt_process import wait_healthy
 from tests.test_status_api import wait_status
 
@@ -75,6 +78,14 @@ def registry(agent: SimulatedOt2Agent) -> dict[str, Any]:
     }
 
 
+def http_settings(
+    make_settings: SettingsFactory, tmp_path: Path, devices: dict[str, Any], **overrides: Any
+) -> tuple[Settings, HttpSettings]:
+    """API settings (tracker on) and HTTP connector settings with ``devices`` registered."""
+    base = make_settings(tracker_enabled=True)
+    return base, registry_settings(HttpSettings, base, tmp_path, devices, **overrides)
+
+
 @pytest.fixture
 async def stack(
     make_settings: SettingsFactory,
@@ -84,20 +95,13 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     monkeypatch.setenv("PUSHER_TEST_WRONG_TOKEN", "not-the-token")
-    registry_path = tmp_path / "devices.json"
-    registry_path.write_text(json.dumps(registry(agent)))
-    base = make_settings(tracker_enabled=True)
-    values = base.model_dump()
-    values.update(
-        device_registry_path=registry_path,
-        connector_metrics_port=0,
-        connector_state_dir=tmp_path / "state",
-        connector_id="test",
-        connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
+    base, settings = http_settings(
+        make_settings,
+        tmp_path,
+        registry(agent)["devices"],
         connector_retry_max_attempts=3,
         connector_retry_max_backoff_seconds=0.3,
     )
-    settings = HttpSettings(_env_file=None, **values)  # type: ignore[call-arg]
     transport = HttpTransport(settings)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with (
@@ -317,19 +321,10 @@ async def test_pusher_connector_http_process(
     tmp_path: Path,
 ) -> None:
     """`python -m connectors.http` as its own process: health, a command, exit 0 on SIGTERM."""
-    registry_path = tmp_path / "devices.json"
-    registry_path.write_text(json.dumps(registry(agent)))
-    base = make_settings(tracker_enabled=True)
-    values = base.model_dump()
-    values.update(
-        connector_state_dir=tmp_path / "state",
-        connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
-    )
-    settings = HttpSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    base, settings = http_settings(make_settings, tmp_path, registry(agent)["devices"])
     port = free_port()
     env = {**os.environ, **settings_env(settings), TOKEN_ENV: TOKEN, "LOG_FORMAT": "json"}
     argv = [sys.executable, "-m", "connectors.http", "--metrics-port", str(port)]
-    argv += ["--registry", str(registry_path)]
     with (tmp_path / "connector.log").open("wb") as log_file:
         process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -352,3 +347,61 @@ async def test_pusher_connector_http_process(
     output = (tmp_path / "connector.log").read_text()
     assert code == 0, output
     assert TOKEN not in output  # the credential never reaches the logs
+
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    """An HTTP device that records what reached it and answers success."""
+
+    seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).seen.append((self.path, dict(self.headers), body))
+        answer = json.dumps({"status": "success", "result": {"ok": True}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_request_id_traceparent_and_token_cross_the_wire(
+    make_settings: SettingsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the device receives: the path from the registry, the payload as the body,
+    X-Request-ID, the caller's traceparent and the registry's bearer token."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    device = {
+        "protocol": "http",
+        "address": {"base_url": f"http://127.0.0.1:{server.server_port}/lab/"},
+        "credentials": TOKEN_ENV,
+    }
+    base, settings = http_settings(make_settings, tmp_path, {"capture-1": device})
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        async with serve(base) as api, running_connector(settings, HttpTransport(settings)):
+            response = await api.client.post(
+                "/api/v1/commands",
+                json=command(
+                    protocol="http", device_id="capture-1", command_type="calibrate",
+                    payload={"offset": 1.5},
+                ),
+                headers={"traceparent": traceparent},
+            )  # fmt: skip
+            request_id = response.json()["request_id"]
+            body = await wait_status(api, request_id, "succeeded")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert body["result"] == {"ok": True}
+    ((path, headers, sent),) = [s for s in _Capture.seen if s[1].get("X-Request-ID") == request_id]
+    assert path == "/lab/execute/calibrate"
+    assert json.loads(sent) == {"offset": 1.5}
+    assert headers["traceparent"] == traceparent
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["Content-Type"] == "application/json"
