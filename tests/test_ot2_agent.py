@@ -144,3 +144,16 @@ def test_the_agent_runs_without_the_pusher_installed() -> None:
         cwd="/",
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_systemd_unit_starts_the_agent_with_options_it_accepts() -> None:
+    import configparser
+    import shlex
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((AGENT_DIR / "ot2-agent.service").read_text())
+    command = shlex.split(unit["Service"]["ExecStart"])
+    assert command[1].endswith("/ot2_agent.py")
+    args = ot2_agent.build_parser().parse_args(command[2:])
+    assert args.simulate is False and args.port == ot2_agent.DEFAULT_PORT
+    assert args.token_file is not None and unit["Service"]["KillSignal"] == "SIGTERM"

@@ -369,27 +369,30 @@ async def _serve(
         ):
             api = supervisor.spawn("api", server.serve(sockets=[api_socket]))
             supervisor.expect("api", api, lambda: server.started)
-            await supervisor.all_started()
-            print(
-                BANNER.format(
-                    api=f"{settings.api_host}:{settings.api_port}",
-                    kafka=broker.bootstrap_servers,
-                    mqtt=mosquitto.url + "  (private mosquitto)",
-                    connector=f"127.0.0.1:{mqtt_port}",
-                    http_connector=f"127.0.0.1:{http_port}",
-                    coap_connector=f"127.0.0.1:{coap_connector_port}",
-                    sims="\n               ".join(simulated) or "none",
-                    registry=registry,
-                ),
-                flush=True,
-            )
-            failed = asyncio.create_task(supervisor.failed.wait())
-            await asyncio.wait({api, failed}, return_when=asyncio.FIRST_COMPLETED)
-            supervisor.stopping = True
-            failed.cancel()
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await api
+            try:
+                await supervisor.all_started()
+                print(
+                    BANNER.format(
+                        api=f"{settings.api_host}:{settings.api_port}",
+                        kafka=broker.bootstrap_servers,
+                        mqtt=mosquitto.url + "  (private mosquitto)",
+                        connector=f"127.0.0.1:{mqtt_port}",
+                        http_connector=f"127.0.0.1:{http_port}",
+                        coap_connector=f"127.0.0.1:{coap_connector_port}",
+                        sims="\n               ".join(simulated) or "none",
+                        registry=registry,
+                    ),
+                    flush=True,
+                )
+                failed = asyncio.create_task(supervisor.failed.wait())
+                await asyncio.wait({api, failed}, return_when=asyncio.FIRST_COMPLETED)
+                failed.cancel()
+            finally:
+                supervisor.stopping = True
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await api
+                api_socket.close()
     for failure in supervisor.failures:
         print(f"pusher dev: {failure}", file=sys.stderr, flush=True)
     return 1 if supervisor.failures else 0
