@@ -433,7 +433,7 @@ class ConnectorRuntime:
     def device_parser(self, device_id: str) -> Parser:
         """The parser for a device's answers: its registry parser or the default."""
         device = self.registry.get(device_id)
-        return load_parser(device.parser if device else None)
+        return load_parser((device.parser if device else None) or self.transport.default_parser)
 
     def answer_invalid(self, device_id: str) -> None:
         """Count an answer the parser could not read."""

@@ -112,6 +112,12 @@ class Transport(abc.ABC):
         ``DeliveryUncertain`` (it may have arrived) or ``CommandRejected``.
         """
 
+    def heard(self, device_id: str, reachable: bool, detail: str | None = None) -> None:
+        """Request/response transports: the device answered (reachable) or could not be
+        reached; the runtime turns it into presence for ``GET /api/v1/devices``."""
+        if self.events is not None:
+            self.events.device_presence(device_id, reachable, detail)
+
     def health(self) -> dict[str, Any]:
         """Transport details for the health endpoint."""
         return {"connected": self.connected}

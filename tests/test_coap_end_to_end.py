@@ -24,6 +24,7 @@ from preservarium_pusher_api.devtools.coap_simulator import LossyRelay, Simulate
 from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector
+from tests.test_mqtt_end_to_end import poll_device
 from tests.test_status_api import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -114,6 +115,7 @@ async def test_con_command_is_delivered_and_succeeds_with_code_and_payload(
         ]
         (received,) = stack.sensor.requests_to("read_sensor")
         assert received.payload == b'{"channel":3}'
+        await poll_device(stack.api, "coap-1", online=True)
         assert received.confirmable and received.content_format == 50  # application/json
 
 
@@ -314,6 +316,7 @@ async def test_no_acknowledgement_after_retransmissions_times_out(coap_stack: St
         )
         body = await wait_status(stack.api, request_id, "timed_out", within=20)
         assert body["detail"] == "no acknowledgement after 2 retransmissions"
+        assert (await poll_device(stack.api, "coap-dead", online=False))["protocol"] == "coap"
         assert black_hole.dropped == 3 and stack.sensor.received == []
 
 

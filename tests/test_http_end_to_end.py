@@ -28,6 +28,7 @@ from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector, settings_env
+from tests.test_mqtt_end_to_end import poll_device
 from tests.test_mqtt_process import wait_healthy
 from tests.test_status_api import wait_status
 
@@ -165,6 +166,7 @@ async def test_mix_color_succeeds_with_the_agents_result_and_the_robot_moved(sta
         "Dispensing 40.0 uL into B3 of plate on slot 3 at 92.86 uL/sec",
     ]
     assert sum(e.startswith("Picking up tip") for e in entries) == 4  # three colours + mix
+    assert (await poll_device(stack.api, "ot2-1", online=True))["last_seen"] is not None
     # The agent got the request_id: asking again with it replays instead of moving.
     replay = await stack.agent_client.post(
         "/execute/mix_color", headers={"X-Request-ID": request_id}, json={}
@@ -217,6 +219,8 @@ async def test_agent_down_is_retried_then_failed(stack: Stack) -> None:
     request_id = await post(stack, device_id="ot2-down", command_type="home")
     body = await wait_status(stack.api, request_id, "failed")
     assert body["detail"].startswith("not delivered after 3 attempts: device not reachable")
+    down = await poll_device(stack.api, "ot2-down", online=False)
+    assert down["protocol"] == "http" and down["detail"] == "not reachable"
     assert sample(stack, "pusher_connector_retries_total") == 2
 
 

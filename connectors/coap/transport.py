@@ -176,6 +176,7 @@ class CoapTransport(Transport):
             raise DeliveryUncertain(f"no response within {delivery.timeout_seconds:g} s") from None
         except aiocoap.error.ConRetransmitsExceeded as exc:
             self.last_error = "no acknowledgement"
+            self.heard(command.device_id, False, "no acknowledgement")
             raise DeliveryTimedOut(
                 f"no acknowledgement after {self.settings.coap_max_retransmit} retransmissions"
             ) from exc
@@ -187,10 +188,12 @@ class CoapTransport(Transport):
         except aiocoap.error.NetworkError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             if _refused(exc):
+                self.heard(command.device_id, False, "port closed")
                 raise TransportUnavailable(
                     "device port closed (ICMP port unreachable): nothing ran"
                 ) from exc
             raise DeliveryUncertain(f"exchange broke: {self.last_error}") from exc
+        self.heard(command.device_id, True)
         return Receipt(acknowledged=confirmable, answer=self._answer(delivery, response))
 
     def _answer(self, delivery: Delivery, response: aiocoap.Message) -> DeviceAnswer:

@@ -171,10 +171,14 @@ class HttpTransport(Transport):
             response = await client.post(
                 target.url, content=delivery.frame, headers=headers, timeout=timeout
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # The request was never written: safe to send again.
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.heard(command.device_id, False, "not reachable")
             raise TransportUnavailable(f"device not reachable: {self.last_error}") from exc
+        except httpx.PoolTimeout as exc:
+            self.last_error = "connection pool exhausted"
+            raise TransportUnavailable("no free connection in the pool") from exc
         except httpx.TimeoutException as exc:
             self.last_error = f"{type(exc).__name__}"
             raise DeliveryUncertain(
@@ -183,6 +187,7 @@ class HttpTransport(Transport):
         except httpx.TransportError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             raise DeliveryUncertain(f"connection broke after sending: {self.last_error}") from exc
+        self.heard(command.device_id, True)
         return Receipt(acknowledged=True, answer=self._answer(delivery, response))
 
     def _answer(self, delivery: Delivery, response: httpx.Response) -> DeviceAnswer:
