@@ -120,7 +120,9 @@ def write_section(output: Path, start: str, end: str, section: str) -> None:
     output.write_text(text)
 
 
-async def connector_rate(kafka: str, mqtt: PrivateMosquitto, total: int, devices: int) -> float:
+async def connector_rate(
+    kafka: str, mqtt: PrivateMosquitto, total: int, devices: int, **extra: Any
+) -> float:
     topic = f"bench-mqtt-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state:
         settings = connector_settings(
@@ -132,6 +134,7 @@ async def connector_rate(kafka: str, mqtt: PrivateMosquitto, total: int, devices
             kafka_presence_topic=topic + "-presence",
             kafka_topic_partitions=6,
             connector_group_id=topic,
+            **extra,
         )
         await create_topics(settings)
         await produce_commands(kafka, topic, total, devices)
