@@ -188,3 +188,62 @@ def test_mqtt_topics_presence_and_broker_urls() -> None:
     assert presence_from(b"maybe") is None
     assert broker_address("mqtt://broker:1884") == ("broker", 1884, False)
     assert broker_address("mqtts://broker") == ("broker", 8883, True)
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        ({}, "has no address.host"),
+        ({"host": "a b"}, "is not a host"),
+        ({"host": "x/y"}, "is not a host"),
+        ({"host": "h", "port": 70000}, "is not a port"),
+        ({"host": "h", "path": "no-slash"}, "must start with /"),
+    ],
+)
+def test_coap_target_comes_only_from_a_valid_registry_address(
+    address: dict[str, object], error: str
+) -> None:
+    from connectors.coap.transport import CoapTransport
+    from connectors.settings import CoapSettings
+
+    transport = CoapTransport(CoapSettings(_env_file=None))  # type: ignore[call-arg]
+    command = CommandMessage(
+        request_id="r", device_id="s1", command_type="read_sensor", protocol="coap",
+        created_at=utc_now(),
+    )  # fmt: skip
+    with pytest.raises(CommandRejected, match=error):
+        transport.target(command, DeviceEntry(protocol="coap", address=address))
+    good = DeviceEntry(protocol="coap", address={"host": "::1", "port": 5684})
+    assert transport.target(command, good).uri == "coap://[::1]:5684/read_sensor"
+    with pytest.raises(CommandRejected, match="not in the registry"):
+        transport.target(command, None)
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        ({}, "has no address.base_url"),
+        ({"base_url": "ftp://robot"}, "must be an http"),
+        ({"base_url": "http://robot", "path": "/run"}, "must contain {command_type}"),
+    ],
+)
+def test_http_target_comes_only_from_a_valid_registry_address(
+    address: dict[str, object], error: str
+) -> None:
+    from connectors.http.transport import HttpTransport
+    from connectors.settings import HttpSettings
+
+    transport = HttpTransport(HttpSettings(_env_file=None))  # type: ignore[call-arg]
+    command = CommandMessage(
+        request_id="r", device_id="ot2", command_type="home", protocol="http",
+        created_at=utc_now(),
+    )  # fmt: skip
+    with pytest.raises(CommandRejected, match=error):
+        transport.target(command, DeviceEntry(protocol="http", address=address))
+    missing = DeviceEntry(
+        protocol="http", address={"base_url": "http://robot:31960"}, credentials="NO_SUCH_VAR_X"
+    )
+    with pytest.raises(CommandRejected, match="credential 'NO_SUCH_VAR_X' is not set"):
+        transport.target(command, missing)
+    good = DeviceEntry(protocol="http", address={"base_url": "https://robot:31960/"})
+    assert transport.target(command, good).url == "https://robot:31960/execute/home"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ log = get_logger(__name__)
 
 DEFAULT_PATH = "/{command_type}"
 _DIAGNOSTIC_LIMIT = 300
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ def _host(value: Any, device_id: str) -> str:
         if ipaddress.ip_address(host).version == 6:
             return f"[{host}]"
     except ValueError:
-        if not all(part and (part.isalnum() or "-" in part) for part in host.split(".")):
+        if not all(_LABEL.fullmatch(part) for part in host.split(".")):
             raise CommandRejected(f"device {device_id!r}: address.host is not a host") from None
     return host
 
