@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mqtt_bench import create_topics, produce_commands, write_section  # noqa: E402
+from mqtt_bench import cli, connector_throughput, create_topics, produce_commands  # noqa: E402
 
 from connectors.coap.transport import CoapTransport  # noqa: E402
 from connectors.runtime import ConnectorRuntime  # noqa: E402
@@ -97,20 +97,7 @@ async def connector_rate(kafka: str, base_port: int, total: int, devices: int, w
     await create_topics(settings)
     await produce_commands(kafka, topic, total, devices, "coap", "read_sensor", PAYLOAD)
     runtime = ConnectorRuntime(settings, CoapTransport(settings))
-    succeeded = runtime.metrics.deliveries.labels("coap", "succeeded")
-    failed = runtime.metrics.deliveries.labels("coap", "failed")
-    task = asyncio.create_task(runtime.run())
-    started = None
-    while succeeded._value.get() + failed._value.get() < total:
-        if started is None and succeeded._value.get() > 0:
-            started = time.perf_counter()
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    if failed._value.get():
-        raise RuntimeError(f"{failed._value.get():.0f} commands failed")
-    runtime.stop()
-    await task
-    return (total - 1) / elapsed if elapsed else 0.0
+    return await connector_throughput(runtime, "succeeded", total)
 
 
 async def raw_rate(base_port: int, total: int, devices: int) -> float:
@@ -173,16 +160,5 @@ async def measure(args: argparse.Namespace) -> str:
     return render(rates, args)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--total", type=int, default=5000)
-    parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
-    section = asyncio.run(measure(args))
-    write_section(args.output, START, END, section)
-    print(section)
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, START, END, measure)

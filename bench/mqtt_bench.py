@@ -138,19 +138,27 @@ async def connector_rate(
         )
         await create_topics(settings)
         await produce_commands(kafka, topic, total, devices)
-        runtime = ConnectorRuntime(settings, MqttTransport(settings))
-        delivered = runtime.metrics.deliveries.labels("mqtt", "delivered")
-        task = asyncio.create_task(runtime.run())
-        while not runtime.transport.connected:
-            await asyncio.sleep(0.01)
-        started = None
-        while delivered._value.get() < total:
-            if started is None and delivered._value.get() > 0:
-                started = time.perf_counter()
-            await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - (started or time.perf_counter())
-        runtime.stop()
-        await task
+        return await connector_throughput(
+            ConnectorRuntime(settings, MqttTransport(settings)), "delivered", total
+        )
+
+
+async def connector_throughput(runtime: ConnectorRuntime, outcome: str, total: int) -> float:
+    """Run ``runtime`` over the produced commands: ``outcome`` events per second, timed from
+    the first one to the last (consumer-group join excluded). Fails if any command failed."""
+    counted = runtime.metrics.deliveries.labels(runtime.protocol, outcome)
+    failed = runtime.metrics.deliveries.labels(runtime.protocol, "failed")
+    task = asyncio.create_task(runtime.run())
+    started = None
+    while counted._value.get() + failed._value.get() < total:
+        if started is None and counted._value.get() > 0:
+            started = time.perf_counter()
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    runtime.stop()
+    await task
+    if failed._value.get():
+        raise RuntimeError(f"{failed._value.get():.0f} commands failed")
     return (total - 1) / elapsed if elapsed else 0.0
 
 
@@ -356,18 +364,19 @@ async def measure(args: argparse.Namespace) -> str:
     return render(rates, lat, args)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--total", type=int, default=5000)
-    parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--rate", type=int, default=300)
-    parser.add_argument("--seconds", type=int, default=20)
+def cli(doc: str, start: str, end: str, measure: Any, **options: int) -> None:
+    """Parse ``--total``, ``--devices``, ``--output`` and ``options``, measure, write the
+    section between ``start`` and ``end`` in the output file, print it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    defaults = {"total": 5000, "devices": 20, **options}
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     section = asyncio.run(measure(args))
-    write_section(args.output, START, END, section)
+    write_section(args.output, start, end, section)
     print(section)
 
 
 if __name__ == "__main__":
-    main()
+    cli(__doc__, START, END, measure, rate=300, seconds=20)

@@ -23,6 +23,7 @@ the server's ``details``), ``Unauthorized``, ``RateLimited``, ``ServiceUnavailab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -65,6 +66,7 @@ DEFAULT_URL = "http://localhost:8000"
 MAX_LONG_POLL_SECONDS = 60.0
 _MAX_BACKOFF_SECONDS = 30.0
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
 
 
 # -- errors --------------------------------------------------------------------------
@@ -194,9 +196,22 @@ def _command_body(fields: Mapping[str, Any]) -> dict[str, Any]:
 class _Operations:
     """Every API call as a generator of requests/sleeps; drivers do the I/O."""
 
-    def __init__(self, retries: int, backoff: float) -> None:
+    def __init__(self, retries: int, backoff: float, timeout: float) -> None:
         self.retries = retries
         self.backoff = backoff
+        self.timeout = timeout
+
+    def request_options(self, step: _Request) -> dict[str, Any]:
+        """httpx ``request`` arguments; a long-poll gets its wait on top of the timeout."""
+        wait = float(step.params.get("wait", 0)) if step.params else 0.0
+        return {
+            "method": step.method,
+            "url": step.path,
+            "params": step.params,
+            "json": step.json,
+            "headers": step.headers,
+            "timeout": self.timeout + wait,
+        }
 
     def _delay(self, attempt: int, hinted: float | None) -> float:
         if hinted is not None:
@@ -232,11 +247,42 @@ class _Operations:
         return model.model_validate(response.json())
 
     def send_command(
-        self, fields: Mapping[str, Any], idempotency_key: str | None
+        self,
+        device_id: str,
+        command_type: str,
+        protocol: str,
+        payload: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        fields: Mapping[str, Any],
     ) -> Generator[Any, Any, CommandResponse]:
+        body = _command_body(
+            {
+                "device_id": device_id,
+                "command_type": command_type,
+                "protocol": protocol,
+                "payload": dict(payload or {}),
+                **fields,
+            }
+        )
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        request = _Request("POST", "/api/v1/commands", json=_command_body(fields), headers=headers)
+        request = _Request("POST", "/api/v1/commands", json=body, headers=headers)
         return (yield from self.call(CommandResponse, request))
+
+    def push_command(self, fields: dict[str, Any]) -> Generator[Any, Any, bool]:
+        """The original module's call: True only when the command was accepted."""
+        try:
+            response = yield from self.send_command(
+                fields.pop("device_id", None),
+                fields.pop("command_type", None),
+                fields.pop("protocol", None),
+                fields.pop("payload", None),
+                fields.pop("idempotency_key", None),
+                fields,
+            )
+        except PusherClientError as exc:
+            log.warning("command not accepted: %s", exc.message)
+            return False
+        return response.success
 
     def push_commands_batch(
         self, commands: Iterable[Mapping[str, Any] | BaseModel], idempotency_key: str | None
@@ -337,8 +383,7 @@ class PusherAPIClient:
         api_key_header: str = "X-API-Key",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._ops = _Operations(retries, backoff)
-        self._timeout = timeout
+        self._ops = _Operations(retries, backoff, timeout)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=_headers(api_key, api_key_header),
@@ -361,39 +406,24 @@ class PusherAPIClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _run(self, operation: Generator[Any, Any, ModelT]) -> ModelT:
+    async def _run(self, operation: Generator[Any, Any, ResultT]) -> ResultT:
         reply: Any = None
         while True:
             try:
                 step = operation.send(reply)
             except StopIteration as done:
-                result: ModelT = done.value
+                result: ResultT = done.value
                 return result
+            reply = None
             if isinstance(step, _Sleep):
                 await asyncio.sleep(step.seconds)
-                reply = None
                 continue
-            timeout = self._timeout + float(step.params.get("wait", 0)) if step.params else None
-            try:
-                reply = await self._http.request(
-                    step.method,
-                    step.path,
-                    params=step.params,
-                    json=step.json,
-                    headers=step.headers,
-                    timeout=timeout or self._timeout,
-                )
-            except httpx.TransportError:
-                reply = None
+            with contextlib.suppress(httpx.TransportError):  # None: nothing was answered
+                reply = await self._http.request(**self._ops.request_options(step))
 
     async def push_command(self, **fields: Any) -> bool:
         """Compat with the original module: True only when the command was accepted."""
-        try:
-            response = await self.send_command(**fields)
-        except PusherClientError as exc:
-            log.warning("command not accepted: %s", exc.message)
-            return False
-        return response.success
+        return await self._run(self._ops.push_command(fields))
 
     async def send_command(
         self,
@@ -406,14 +436,11 @@ class PusherAPIClient:
         **fields: Any,
     ) -> CommandResponse:
         """Submit one command; the response has its ``request_id``."""
-        body = {
-            "device_id": device_id,
-            "command_type": command_type,
-            "protocol": protocol,
-            "payload": dict(payload or {}),
-            **fields,
-        }
-        return await self._run(self._ops.send_command(body, idempotency_key))
+        return await self._run(
+            self._ops.send_command(
+                device_id, command_type, protocol, payload, idempotency_key, fields
+            )
+        )
 
     async def push_commands_batch(
         self,
@@ -479,8 +506,7 @@ class PusherClient:
         api_key_header: str = "X-API-Key",
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._ops = _Operations(retries, backoff)
-        self._timeout = timeout
+        self._ops = _Operations(retries, backoff, timeout)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=_headers(api_key, api_key_header),
@@ -503,39 +529,24 @@ class PusherClient:
         """Close the connection pool."""
         self._http.close()
 
-    def _run(self, operation: Generator[Any, Any, ModelT]) -> ModelT:
+    def _run(self, operation: Generator[Any, Any, ResultT]) -> ResultT:
         reply: Any = None
         while True:
             try:
                 step = operation.send(reply)
             except StopIteration as done:
-                result: ModelT = done.value
+                result: ResultT = done.value
                 return result
+            reply = None
             if isinstance(step, _Sleep):
                 time.sleep(step.seconds)
-                reply = None
                 continue
-            timeout = self._timeout + float(step.params.get("wait", 0)) if step.params else None
-            try:
-                reply = self._http.request(
-                    step.method,
-                    step.path,
-                    params=step.params,
-                    json=step.json,
-                    headers=step.headers,
-                    timeout=timeout or self._timeout,
-                )
-            except httpx.TransportError:
-                reply = None
+            with contextlib.suppress(httpx.TransportError):  # None: nothing was answered
+                reply = self._http.request(**self._ops.request_options(step))
 
     def push_command(self, **fields: Any) -> bool:
         """True only when the command was accepted."""
-        try:
-            response = self.send_command(**fields)
-        except PusherClientError as exc:
-            log.warning("command not accepted: %s", exc.message)
-            return False
-        return response.success
+        return self._run(self._ops.push_command(fields))
 
     def send_command(
         self,
@@ -548,14 +559,11 @@ class PusherClient:
         **fields: Any,
     ) -> CommandResponse:
         """Submit one command; the response has its ``request_id``."""
-        body = {
-            "device_id": device_id,
-            "command_type": command_type,
-            "protocol": protocol,
-            "payload": dict(payload or {}),
-            **fields,
-        }
-        return self._run(self._ops.send_command(body, idempotency_key))
+        return self._run(
+            self._ops.send_command(
+                device_id, command_type, protocol, payload, idempotency_key, fields
+            )
+        )
 
     def push_commands_batch(
         self,

