@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TextIO
 
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ never sent again.
 
 from __future__ import annotations
 
-from preservarium_pusher_api.core.exceptions import PusherError
+from preservarium_pusher_api.core.errors import PusherError
 
 
 class ConnectorError(PusherError):

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import CoapSettings, ConnectorSettings, HttpSettings, MqttSettings
 from connectors.transport import Transport
-from preservarium_pusher_api.core.exceptions import ConfigurationError
-from preservarium_pusher_api.utils.logging import configure_logging, get_logger
+from preservarium_pusher_api.core.errors import ConfigurationError
+from preservarium_pusher_api.core.logging import configure_logging, get_logger
 
 log = get_logger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from preservarium_pusher_api.contract import DispatchPolicy, Protocol, check_identifier
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.contract import DispatchPolicy, Protocol, check_identifier
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 

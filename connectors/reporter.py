@@ -16,7 +16,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.settings import ConnectorSettings
-from preservarium_pusher_api.contract import (
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.contract import (
     HEADER_DLQ_REASON,
     CommandStatus,
     DevicePresence,
@@ -25,9 +26,8 @@ from preservarium_pusher_api.contract import (
     dlq_topic,
     utc_now,
 )
-from preservarium_pusher_api.services.kafka_service import connection_options
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.kafka import connection_options
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -37,17 +37,30 @@ _DETAIL_LIMIT = 500
 class Reporter:
     """The connector's Kafka producer."""
 
-    def __init__(self, settings: ConnectorSettings, protocol: Protocol) -> None:
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        protocol: Protocol,
+        producer: AIOKafkaProducer | None = None,
+    ) -> None:
+        """Writes for one connector.
+
+        Args:
+            settings: topics and Kafka connection.
+            protocol: the connector's protocol (``source`` of its events).
+            producer: an already started producer to write with (an in-memory one in
+                tests); by default ``start`` connects its own.
+        """
         self._settings = settings
         self.protocol = protocol
         self.source = settings.source_name(protocol)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = producer
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self, stopping: asyncio.Event) -> None:
         """Connect, retrying with backoff until Kafka answers or ``stopping`` is set."""
         attempt = 0
-        while not stopping.is_set():
+        while self._producer is None and not stopping.is_set():
             producer = AIOKafkaProducer(
                 **connection_options(self._settings),
                 acks="all",

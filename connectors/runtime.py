@@ -14,16 +14,15 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import OrderedDict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
 
 from connectors.dedupe import RecentRequests
-from connectors.delivery import DeviceLane, Dispatcher, Stage, Work
+from connectors.dispatcher import Dispatcher
+from connectors.intake import RecordIntake
+from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics, health_app, serve_health
 from connectors.offsets import OffsetBook
 from connectors.parsers import DeviceAnswer, Parser, load_parser
@@ -31,22 +30,13 @@ from connectors.registry import DeviceRegistry
 from connectors.reporter import Reporter
 from connectors.settings import ConnectorSettings
 from connectors.transport import Transport
-from preservarium_pusher_api.contract import (
-    HEADER_KIND,
-    HEADER_PROTOCOL,
-    HEADER_TRACEPARENT,
-    CancelMessage,
-    CommandMessage,
-    CommandStatus,
-    MessageKind,
-)
-from preservarium_pusher_api.services.kafka_service import consumer_options
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
+from connectors.work import Stage, Work
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.kafka import consumer_options
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 
-_CANCELS_REMEMBERED = 10_000
 _LAG_EVERY_SECONDS = 5.0
 
 
@@ -94,6 +84,9 @@ class ConnectorRuntime:
         self.recent = RecentRequests(settings.connector_dedupe_size, journal)
         self.reporter = Reporter(settings, transport.protocol)
         self.offsets = OffsetBook()
+        self.intake = RecordIntake(
+            self.protocol, self.offsets, self.metrics, self.reporter, self.recent
+        )
         self.dispatcher = Dispatcher(
             settings,
             transport,
@@ -101,19 +94,26 @@ class ConnectorRuntime:
             self.reporter,
             self.metrics,
             self.recent,
-            self._finish,
+            self.intake.finish,
         )
-        self.lanes: dict[str, DeviceLane] = {}
-        self.works: dict[str, Work] = {}
-        self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        self.intake.bind(self.dispatcher)
         self._presence: dict[str, tuple[bool | None, float]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._commit_now = asyncio.Event()
-        self._dlq_tasks: set[asyncio.Task[None]] = set()
         self._connections = 0
         self.consuming = asyncio.Event()
         transport.bind(self)
+
+    @property
+    def works(self) -> dict[str, Work]:
+        """Commands taken from Kafka and not finished, by request_id."""
+        return self.intake.works
+
+    @property
+    def lanes(self) -> dict[str, DeviceLane]:
+        """Device lanes with commands, by device_id."""
+        return self.intake.lanes
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ class ConnectorRuntime:
             log.info("waiting for commands being sent", count=len(sending))
         # polls a handful of states, bounded by the grace period
         while time.monotonic() < deadline and (  # noqa: ASYNC110
-            any(w.stage in (Stage.SENDING, Stage.SENT) for w in sending) or self._dlq_tasks
+            any(w.stage in (Stage.SENDING, Stage.SENT) for w in sending) or self.intake.dlq_tasks
         ):
             await asyncio.sleep(0.05)
 
@@ -217,7 +217,7 @@ class ConnectorRuntime:
                 self.consuming.set()
                 for partition, records in batches.items():
                     for record in records:
-                        self._take(partition, record)
+                        self.intake.take(partition, record)
                 self.metrics.in_flight.labels(self.protocol).set(self.offsets.total_pending())
                 if time.monotonic() - last_lag > _LAG_EVERY_SECONDS:
                     last_lag = time.monotonic()
@@ -285,125 +285,6 @@ class ConnectorRuntime:
         if revoked:
             log.info("partitions handed back", partitions=sorted(tp.partition for tp in revoked))
 
-    # -- records ----------------------------------------------------------------------
-
-    def _take(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        self.offsets.track(partition, record.offset)
-        headers = dict(record.headers)
-        protocol = headers.get(HEADER_PROTOCOL)
-        if protocol is not None and protocol.decode(errors="replace") != self.protocol:
-            self.offsets.finish(partition, record.offset)  # another connector's record
-            return
-        if headers.get(HEADER_KIND) == MessageKind.CANCEL.value.encode():
-            self._take_cancel(partition, record)
-            return
-        try:
-            if record.value is None:
-                raise ValueError("record has no value")
-            command = CommandMessage.model_validate_json(record.value)
-        except (ValidationError, ValueError) as exc:
-            self._dead_letter(partition, record, exc)
-            return
-        if command.protocol.value != self.protocol:
-            self.offsets.finish(partition, record.offset)
-            return
-        traceparent = headers.get(HEADER_TRACEPARENT)
-        work = Work(
-            command,
-            partition,
-            record.offset,
-            traceparent=traceparent.decode(errors="replace") if traceparent else None,
-        )
-        if command.request_id in self._early_cancels:
-            del self._early_cancels[command.request_id]
-            work.cancelled = True
-            self.metrics.outcome("cancelled")
-            self.reporter.emit_later(
-                self.reporter.status_event(
-                    command.request_id,
-                    command.device_id,
-                    CommandStatus.CANCELLED,
-                    "cancelled before it was sent to the device",
-                )
-            )
-        self.works[command.request_id] = work
-        lane = self.lanes.get(command.device_id)
-        if lane is None:
-            lane = self.lanes[command.device_id] = DeviceLane(
-                command.device_id, self.dispatcher, self._lane_idle
-            )
-        lane.add(work)
-
-    def _take_cancel(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            cancel = CancelMessage.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            self._dead_letter(partition, record, exc)
-            return
-        self.offsets.finish(partition, record.offset)
-        work = self.works.get(cancel.request_id)
-        if work is not None and work.stage is Stage.WAITING and not work.cancelled:
-            work.cancelled = True
-            work.wake.set()
-            self.metrics.outcome("cancelled")
-            log.info("command cancelled before sending", request_id=cancel.request_id)
-            self.reporter.emit_later(
-                self.reporter.status_event(
-                    cancel.request_id,
-                    cancel.device_id,
-                    CommandStatus.CANCELLED,
-                    "cancelled before it was sent to the device",
-                )
-            )
-            return
-        if work is not None or cancel.request_id in self.recent:
-            status = work.last_status if work is not None else CommandStatus.SENT
-            if work is not None and work.cancelled:
-                return  # a second cancel for the same command
-            log.info("cancel arrived after sending; ignored", request_id=cancel.request_id)
-            self.reporter.emit_later(
-                self.reporter.status_event(
-                    cancel.request_id,
-                    cancel.device_id,
-                    status if not status.is_terminal else CommandStatus.SENT,
-                    "cancel arrived after the command was sent; not cancelled",
-                )
-            )
-            return
-        # Not seen yet (e.g. the command is still ahead of us after a rebalance).
-        self._early_cancels[cancel.request_id] = None
-        while len(self._early_cancels) > _CANCELS_REMEMBERED:
-            self._early_cancels.popitem(last=False)
-
-    def _dead_letter(
-        self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes], exc: Exception
-    ) -> None:
-        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
-        self.metrics.outcome("dlq")
-        log.warning(
-            "undecodable record sent to the dead-letter topic",
-            partition=partition.partition,
-            offset=record.offset,
-            error=type(exc).__name__,
-        )
-
-        async def write() -> None:
-            await self.reporter.dead_letter(record, reason)
-            self.offsets.finish(partition, record.offset)
-
-        task = asyncio.create_task(write())
-        self._dlq_tasks.add(task)
-        task.add_done_callback(self._dlq_tasks.discard)
-
-    def _finish(self, work: Work) -> None:
-        self.works.pop(work.command.request_id, None)
-        self.offsets.finish(work.partition, work.offset)
-
-    def _lane_idle(self, device_id: str) -> None:
-        lane = self.lanes.get(device_id)
-        if lane is not None and not lane.queue:
-            del self.lanes[device_id]
-
     # -- what devices say (DeviceEvents) ----------------------------------------------
 
     def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
@@ -417,7 +298,7 @@ class ConnectorRuntime:
         state = previous if online is None else online
         now = time.monotonic()
         changed = online is not None and online != previous
-        if changed or now - emitted_at >= self._heartbeat_seconds():
+        if changed or now - emitted_at >= self.transport.presence_heartbeat_seconds:
             self._presence[device_id] = (state, now)
             self.reporter.presence_later(device_id, state, detail)
             if changed:
@@ -448,9 +329,6 @@ class ConnectorRuntime:
                 self.metrics.reconnects.labels(self.protocol).inc()
             for lane in self.lanes.values():
                 lane.wake()
-
-    def _heartbeat_seconds(self) -> float:
-        return float(getattr(self.settings, "mqtt_presence_heartbeat_seconds", 30.0))
 
     # -- deadlines --------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Settings shared by every connector, plus each protocol's own.
 
-Connectors read the same environment as the API (``KAFKA_*``, ``LOG_*``) and add their own
-names; every setting has a default that works on a developer machine.
+Connectors read the shared core settings (``KAFKA_*``, ``LOG_*``) and add their own names,
+never the API's; every setting has a default that works on a developer machine.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from preservarium_pusher_api.contract import DispatchPolicy, Protocol, check_identifier
-from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.core.contract import DispatchPolicy, Protocol, check_identifier
+from preservarium_pusher_api.core.settings import CoreSettings
 
 
-class ConnectorSettings(Settings):
+class ConnectorSettings(CoreSettings):
     """Settings of the shared connector runtime."""
+
+    kafka_client_id: str = "preservarium-pusher-connector"
+    # A command's answer deadline when neither the command nor the registry gives one.
+    default_timeout_seconds: float | None = Field(300.0, gt=0)
 
     device_registry_path: Path | None = None
     registry_reload_seconds: float = Field(1.0, gt=0, le=3600)
@@ -42,6 +46,11 @@ class ConnectorSettings(Settings):
     # re-delivered record is never sent twice.
     connector_dedupe_size: int = Field(100_000, ge=100)
     connector_state_dir: Path | None = Path("./connector-state")
+
+    @field_validator("default_timeout_seconds", mode="before")
+    @classmethod
+    def _blank_timeout_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def source_name(self, protocol: Protocol) -> str:
         """The ``source`` written into status events, e.g. ``connector-mqtt-host1``."""

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from connectors.parsers import DEFAULT_PARSER, DeviceAnswer, Parser
 from connectors.registry import DeviceEntry
-from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy
-from preservarium_pusher_api.contract import Protocol as WireProtocol
+from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy
+from preservarium_pusher_api.core.contract import Protocol as WireProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,9 @@ class Transport(abc.ABC):
     requires_registration: bool = True
     # Parser used when neither the command nor the registry names one.
     default_parser: str = DEFAULT_PARSER
+    # A device that keeps being heard from is reported to the presence topic at most this
+    # often (changes of online/offline are reported at once).
+    presence_heartbeat_seconds: float = 30.0
 
     def __init__(self) -> None:
         self.events: DeviceEvents | None = None

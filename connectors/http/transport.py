@@ -38,8 +38,8 @@ from connectors.parsers import DeviceAnswer
 from connectors.registry import DeviceEntry
 from connectors.settings import HttpSettings
 from connectors.transport import Delivery, Receipt, Transport
-from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, Protocol
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 

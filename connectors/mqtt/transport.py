@@ -21,9 +21,9 @@ from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnava
 from connectors.registry import DeviceEntry
 from connectors.settings import MqttSettings
 from connectors.transport import Delivery, Receipt, Transport
-from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, Protocol
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -79,6 +79,7 @@ class MqttTransport(Transport):
 
     def __init__(self, settings: MqttSettings) -> None:
         super().__init__()
+        self.presence_heartbeat_seconds = settings.mqtt_presence_heartbeat_seconds
         self.settings = settings
         self.host, self.port, self.tls = broker_address(settings.mqtt_broker_url)
         self.prefix = settings.mqtt_topic_prefix

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from connectors.errors import ParserError
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 
 DEFAULT_PARSER = "json_envelope"
 _cache: dict[str, ModuleType] = {}

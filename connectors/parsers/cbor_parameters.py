@@ -16,7 +16,7 @@ from typing import Any
 import cbor2
 
 from connectors.parsers import DeviceAnswer, answer_from_value
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 
 CONTENT_TYPE = "application/cbor"
 _MAX_DEPTH = 32

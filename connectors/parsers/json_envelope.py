@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from connectors.parsers import DeviceAnswer
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 
 CONTENT_TYPE = "application/json"
 

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from connectors.parsers import DeviceAnswer, answer_from_value
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 
 CONTENT_TYPE = "application/json"
 

@@ -42,7 +42,7 @@ import zlib
 from typing import Any
 
 from connectors.parsers import DeviceAnswer
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 
 CONTENT_TYPE = "application/octet-stream"
 MAGIC = 0xC5

@@ -1,12 +1,14 @@
 """Delivering one command: checks, dispatch policy, retries, answers and deadlines.
 
-A ``DeviceLane`` runs one device's commands in order; the ``Dispatcher`` does the work for
-each. The rules that keep physical actions safe live here:
+The ``Dispatcher`` does the work for the head command of each device lane. The rules that
+keep physical actions safe live here:
 
 * a command is only sent again when the transport says nothing left the process;
 * a request_id already handed to a device (this run, or in the journal) is not sent again;
 * a command past ``expires_at`` is reported ``expired`` and not sent;
-* a cancelled command is dropped before it is sent.
+* a cancelled command is dropped before it is sent;
+* a device that refuses because it is busy is asked again later without counting it as
+  a delivery attempt, until the command's timeout has passed.
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
 
 from connectors.dedupe import RecentRequests
 from connectors.errors import (
@@ -34,14 +32,15 @@ from connectors.registry import DeviceEntry, DeviceRegistry
 from connectors.reporter import Reporter
 from connectors.settings import ConnectorSettings
 from connectors.transport import Delivery, Receipt, Transport
-from preservarium_pusher_api.contract import (
+from connectors.work import PendingAnswer, Stage, Work
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.contract import (
     CommandMessage,
     CommandStatus,
     DispatchPolicy,
     utc_now,
 )
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -49,42 +48,6 @@ _READY_RECHECK_SECONDS = 0.5
 _FALLBACK_TIMEOUT_SECONDS = 300.0
 _BUSY_RETRY_SECONDS = 0.5
 _BUSY_RETRY_MAX_SECONDS = 10.0
-
-
-class Stage(Enum):
-    """Where a command is in this connector."""
-
-    WAITING = "waiting"  # queued behind the device's earlier commands, or held
-    SENDING = "sending"  # handed to the transport
-    SENT = "sent"  # the transport finished with it
-    DONE = "done"  # nothing more to do here
-
-
-@dataclass(eq=False)
-class Work:
-    """One command record taken from Kafka."""
-
-    command: CommandMessage
-    partition: Any
-    offset: int
-    taken_at: float = field(default_factory=time.perf_counter)
-    stage: Stage = Stage.WAITING
-    cancelled: bool = False
-    abandoned: bool = False  # its partition went to another instance before it was sent
-    last_status: CommandStatus = CommandStatus.QUEUED
-    traceparent: str | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(eq=False)
-class PendingAnswer:
-    """A command handed to a device whose answer is awaited."""
-
-    device_id: str
-    sent_at: float
-    deadline: float
-    timeout: float
-    waiter: asyncio.Future[None] | None = None
 
 
 def resolve_policy(
@@ -474,54 +437,3 @@ class Dispatcher:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("delivery task failed", error=type(exc).__name__, detail=str(exc)[:200])
-
-
-class DeviceLane:
-    """One device's commands, processed in order by one task that ends when idle."""
-
-    def __init__(
-        self, device_id: str, dispatcher: Dispatcher, on_idle: Callable[[str], None]
-    ) -> None:
-        self.device_id = device_id
-        self._dispatcher = dispatcher
-        self._on_idle = on_idle
-        self.queue: deque[Work] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, work: Work) -> None:
-        """Queue a command behind the device's earlier ones."""
-        self.queue.append(work)
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=f"lane-{self.device_id}")
-
-    def wake(self) -> None:
-        """Re-check the head command now (presence changed, cancel arrived)."""
-        if self.queue:
-            self.queue[0].wake.set()
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The running drain task, if any."""
-        return self._task
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                work = self.queue[0]
-                try:
-                    await self._dispatcher.process(work)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a bug must not stall the device forever
-                    log.exception(
-                        "command processing failed",
-                        request_id=work.command.request_id,
-                        device_id=self.device_id,
-                        error=type(exc).__name__,
-                    )
-                    await self._dispatcher.fail(work, f"connector error: {type(exc).__name__}")
-                self.queue.popleft()
-        finally:
-            self._task = None
-            if not self.queue:
-                self._on_idle(self.device_id)
