@@ -1,7 +1,7 @@
-"""``python -m preservarium_pusher_api`` is ``pusher api``."""
+"""``python -m preservarium_pusher_api`` serves the API (as ``pusher api``)."""
 
 import sys
 
-from preservarium_pusher_api.cli import main
+from preservarium_pusher_api.server import main
 
-sys.exit(main(["api", *sys.argv[1:]]))
+sys.exit(main())

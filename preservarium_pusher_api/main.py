@@ -19,21 +19,20 @@ from preservarium_pusher_api.api.dependencies import (
 )
 from preservarium_pusher_api.api.errors import install_error_handlers
 from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from preservarium_pusher_api.api.v1 import commands, devices, health, monitoring
-from preservarium_pusher_api.api.v1 import status as status_routes
-from preservarium_pusher_api.core.config import Settings, split_csv
+from preservarium_pusher_api.api.router import build_api_router
+from preservarium_pusher_api.config import Settings, split_csv
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.metrics import PusherMetrics
+from preservarium_pusher_api.services.commands import CommandService
 from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.services.kafka_service import KafkaService
-from preservarium_pusher_api.services.pusher_service import PusherService
 from preservarium_pusher_api.services.status_service import (
     QueuedWriter,
     StatusComponents,
     StatusNotifier,
 )
-from preservarium_pusher_api.services.status_store import StatusStore
 from preservarium_pusher_api.services.tracker import StatusTracker
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
+from preservarium_pusher_api.store import StatusStore
 
 log = get_logger(__name__)
 
@@ -79,16 +78,20 @@ def build_status(settings: Settings, metrics: PusherMetrics) -> StatusComponents
         writer=QueuedWriter(store, metrics),
         notifier=StatusNotifier(),
         idempotency=IdempotencyService(
-            store, settings.idempotency_ttl_seconds, settings.kafka_producer_timeout
+            store.idempotency_keys,
+            settings.idempotency_ttl_seconds,
+            settings.kafka_producer_timeout,
         ),
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, kafka: KafkaService | None = None) -> FastAPI:
     """Build the API; services start and stop with the app's lifespan.
 
     Args:
         settings: injected settings; read from the environment when omitted.
+        kafka: the producer service to use (tests pass an in-memory stand-in); a
+            ``KafkaService`` on the settings' brokers when omitted.
 
     Raises:
         ConfigurationError: e.g. ``ENABLE_AUTH`` without any API key.
@@ -96,9 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     checker = ApiKeyChecker(settings.load_api_keys())
     metrics = PusherMetrics()
-    kafka = KafkaService(settings, metrics)
+    kafka = kafka or KafkaService(settings, metrics)
     status = build_status(settings, metrics) if settings.status_store_enabled else None
-    pusher = PusherService(settings, kafka, metrics, status.writer if status else None)
+    commands = CommandService(settings, kafka, metrics, status)
     tracker = (
         StatusTracker(settings, status.store, metrics, status.notifier.notify)
         if status is not None and settings.tracker_enabled
@@ -132,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.kafka = kafka
-    app.state.pusher = pusher
+    app.state.commands = commands
     app.state.status = status
     app.state.tracker = tracker
     install_error_handlers(app)
@@ -140,14 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = build_limiter(settings, checker)
     app.state.limiter = limiter
     auth = Depends(build_auth_dependency(settings, checker))
-    app.include_router(health.router)
-    app.include_router(commands.build_router(limiter, settings.rate_limit), dependencies=[auth])
-    app.include_router(
-        status_routes.build_router(limiter, settings.rate_limit), dependencies=[auth]
-    )
-    app.include_router(devices.build_router(), dependencies=[auth])
-    app.include_router(monitoring.status_router, dependencies=[auth])
-    app.include_router(monitoring.metrics_router)
+    app.include_router(build_api_router(limiter, settings.rate_limit, auth))
 
     _add_middleware(app, settings, metrics)
     return app

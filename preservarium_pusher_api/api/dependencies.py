@@ -13,15 +13,15 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.core.exceptions import (
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.exceptions import (
     AuthenticationError,
     StatusStoreUnavailableError,
 )
+from preservarium_pusher_api.metrics import PusherMetrics
+from preservarium_pusher_api.services.commands import CommandService
 from preservarium_pusher_api.services.kafka_service import KafkaService
-from preservarium_pusher_api.services.pusher_service import PusherService
 from preservarium_pusher_api.services.status_service import StatusComponents
-from preservarium_pusher_api.utils.metrics import PusherMetrics
 
 
 async def get_settings(request: Request) -> Settings:
@@ -30,10 +30,10 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_pusher(request: Request) -> PusherService:
+async def get_commands(request: Request) -> CommandService:
     """The command service of this app."""
-    pusher: PusherService = request.app.state.pusher
-    return pusher
+    commands: CommandService = request.app.state.commands
+    return commands
 
 
 async def get_kafka(request: Request) -> KafkaService:
@@ -69,7 +69,7 @@ def idempotency_scope(request: Request, settings: Settings) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StatusDep = Annotated[StatusComponents, Depends(get_status)]
-PusherDep = Annotated[PusherService, Depends(get_pusher)]
+CommandsDep = Annotated[CommandService, Depends(get_commands)]
 KafkaDep = Annotated[KafkaService, Depends(get_kafka)]
 MetricsDep = Annotated[PusherMetrics, Depends(get_metrics)]
 

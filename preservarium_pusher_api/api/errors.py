@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,11 +14,55 @@ from fastapi.responses import JSONResponse
 from slowapi.errors import RateLimitExceeded
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from preservarium_pusher_api.core.exceptions import PusherError
-from preservarium_pusher_api.services.status_store import STORE_ERRORS
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.errors import ConfigurationError, PusherError
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.exceptions import (
+    AuthenticationError,
+    BatchTooLargeError,
+    CommandNotCancellableError,
+    CommandNotFoundError,
+    CommandRejectedError,
+    DeviceNotFoundError,
+    IdempotencyKeyConflictError,
+    IdempotencyKeyInProgressError,
+    InvalidQueryError,
+    KafkaUnavailableError,
+    PayloadTooLargeError,
+    RequestBodyTooLargeError,
+    StatusStoreUnavailableError,
+)
+from preservarium_pusher_api.store import STORE_ERRORS
 
 log = get_logger(__name__)
+
+# The HTTP status of each error the service raises on purpose; a subclass answers like
+# its nearest listed ancestor, anything unlisted is a 500.
+HTTP_STATUS: Final[dict[type[PusherError], int]] = {
+    AuthenticationError: 401,
+    CommandNotFoundError: 404,
+    DeviceNotFoundError: 404,
+    CommandNotCancellableError: 409,
+    IdempotencyKeyConflictError: 409,
+    IdempotencyKeyInProgressError: 409,
+    PayloadTooLargeError: 413,
+    RequestBodyTooLargeError: 413,
+    BatchTooLargeError: 422,
+    InvalidQueryError: 422,
+    CommandRejectedError: 502,
+    KafkaUnavailableError: 503,
+    StatusStoreUnavailableError: 503,
+    ConfigurationError: 500,
+}
+
+
+def http_status(error: PusherError) -> int:
+    """The HTTP status an error is answered with (its class or nearest listed ancestor)."""
+    for cls in type(error).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
 
 _HTTP_ERROR_TYPES = {
     401: "AuthenticationError",
@@ -69,9 +113,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_pusher_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PusherError)
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
     return error_response(
-        request, exc.status_code, exc.message, exc.error_type, exc.details, headers
+        request, http_status(exc), exc.message, exc.error_type, exc.details, headers
     )
 
 

@@ -12,8 +12,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.metrics import PusherMetrics
 
 log = get_logger("preservarium_pusher_api.access")
 
@@ -53,8 +53,7 @@ class RequestContextMiddleware:
                 self._observe(scope, status_code, time.perf_counter() - started)
 
     def _observe(self, scope: Scope, status_code: int, elapsed: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template = route_template(scope)
         method = scope["method"]
         self.metrics.http_requests.labels(method, template, str(status_code)).inc()
         self.metrics.http_duration.labels(method, template).observe(elapsed)
@@ -67,6 +66,27 @@ class RequestContextMiddleware:
             status=status_code,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template with its router prefix, e.g. ``/api/v1/commands``.
+
+    A route included through a prefixed router knows only its own part (``/commands``);
+    the prefix is the part of the request path before where the route's pattern matches.
+    Paths that matched no route are ``unmatched`` (never the raw path: unbounded labels).
+    """
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if not template:
+        return "unmatched"
+    pattern = getattr(route, "path_regex", None)
+    path: str = scope.get("path", "")
+    if pattern is None or pattern.match(path):
+        return str(template)
+    for index, char in enumerate(path):
+        if char == "/" and index and pattern.match(path[index:]):
+            return path[:index] + template
+    return str(template)
 
 
 class BodyTooLargeError(HTTPException):

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from preservarium_pusher_api.core.exceptions import (
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.exceptions import (
     IdempotencyKeyConflictError,
     IdempotencyKeyInProgressError,
     PusherError,
 )
-from preservarium_pusher_api.services.status_store import STORE_ERRORS, StatusStore
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.store import STORE_ERRORS, IdempotencyKeys
 
 log = get_logger(__name__)
 
@@ -50,8 +50,8 @@ class StoredAnswer:
 class IdempotencyService:
     """Runs a submission at most once per (scope, key)."""
 
-    def __init__(self, store: StatusStore, ttl_seconds: float, producer_timeout: float) -> None:
-        self._store = store
+    def __init__(self, keys: IdempotencyKeys, ttl_seconds: float, producer_timeout: float) -> None:
+        self._keys = keys
         self._ttl = ttl_seconds
         # A pending claim older than this has lost its owner (crash): it may be taken over.
         self._stale = max(30.0, producer_timeout * 3)
@@ -74,9 +74,7 @@ class IdempotencyService:
         deadline = time.monotonic() + self._wait
         delay = 0.02
         while True:
-            claim = await self._store.claim_idempotency_key(
-                scope, key, fingerprint, self._ttl, self._stale
-            )
+            claim = await self._keys.claim(scope, key, fingerprint, self._ttl, self._stale)
             if claim.owner:
                 return await self._submit(scope, key, submit)
             if claim.request_hash != fingerprint:
@@ -103,14 +101,12 @@ class IdempotencyService:
             status_code, body = await submit()
         except BaseException as exc:
             # Nothing was accepted: let a retry with the same key try again.
-            await asyncio.shield(self._store.release_idempotency_key(scope, key))
+            await asyncio.shield(self._keys.release(scope, key))
             if not isinstance(exc, PusherError | asyncio.CancelledError):
                 log.error("submission with Idempotency-Key failed", error=type(exc).__name__)
             raise
         try:
-            await asyncio.shield(
-                self._store.complete_idempotency_key(scope, key, status_code, body)
-            )
+            await asyncio.shield(self._keys.complete(scope, key, status_code, body))
         except STORE_ERRORS as exc:
             # The command is accepted: answer it. The pending claim makes a retry wait and,
             # once stale, run again; that is logged here so it can be traced.

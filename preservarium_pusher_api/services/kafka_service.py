@@ -10,22 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import RecordMetadata
 
-from preservarium_pusher_api.contract import dlq_topic
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.core.exceptions import CommandRejectedError, KafkaUnavailableError
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.contract import dlq_topic
+from preservarium_pusher_api.core.kafka import connection_options
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.exceptions import CommandRejectedError, KafkaUnavailableError
+from preservarium_pusher_api.metrics import PusherMetrics
 
 log = get_logger(__name__)
 
@@ -40,40 +39,6 @@ class OutgoingRecord:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-def connection_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka connection keyword arguments shared by the producer and the admin client."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "client_id": settings.kafka_client_id,
-        "request_timeout_ms": int(settings.kafka_producer_timeout * 1000),
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        options["ssl_context"] = ssl.create_default_context(cafile=cafile)
-    if settings.kafka_sasl_mechanism:
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
-
-
-def consumer_options(settings: Settings, group_id: str) -> dict[str, Any]:
-    """aiokafka consumer keyword arguments: connection, group and manual commits."""
-    return {
-        **connection_options(settings),
-        "group_id": group_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "session_timeout_ms": settings.kafka_consumer_session_timeout_ms,
-        "heartbeat_interval_ms": settings.kafka_consumer_heartbeat_interval_ms,
-        "rebalance_timeout_ms": settings.kafka_consumer_rebalance_timeout_ms,
-        "fetch_max_wait_ms": settings.kafka_consumer_fetch_max_wait_ms,
-        "retry_backoff_ms": 50,
-    }
 
 
 def map_kafka_error(exc: BaseException, retry_after: int) -> Exception:

@@ -20,33 +20,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from preservarium_pusher_api.contract import CommandMessage, CommandStatus
+from preservarium_pusher_api.core.contract import CommandStatus
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.services.idempotency import IdempotencyService
-from preservarium_pusher_api.services.status_store import (
-    API_SOURCE,
+from preservarium_pusher_api.store import (
     CommandRecord,
-    HistoryEntry,
     QueuedCommand,
     StatusStore,
-    to_epoch,
+    record_of_queued,
 )
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
 
 log = get_logger(__name__)
-
-
-def queued_row(message: CommandMessage) -> QueuedCommand:
-    """The store row of a command Kafka acknowledged."""
-    return QueuedCommand(
-        request_id=message.request_id,
-        device_id=message.device_id,
-        protocol=message.protocol.value,
-        command_type=message.command_type,
-        created_at=to_epoch(message.created_at),
-        expires_at=to_epoch(message.expires_at) if message.expires_at else None,
-        timeout_seconds=message.timeout_seconds,
-    )
 
 
 class QueuedWriter:
@@ -216,22 +201,3 @@ class StatusComponents:
         if record is None and row is not None:
             record = record_of_queued(row)
         return record
-
-
-def record_of_queued(row: QueuedCommand) -> CommandRecord:
-    """The record of a command that is queued and known only to this instance so far."""
-    return CommandRecord(
-        request_id=row.request_id,
-        device_id=row.device_id,
-        protocol=row.protocol,
-        command_type=row.command_type,
-        status=CommandStatus.QUEUED,
-        detail=None,
-        result=None,
-        created_at=row.created_at,
-        updated_at=row.created_at,
-        expires_at=row.expires_at,
-        timeout_seconds=row.timeout_seconds,
-        sent_at=None,
-        history=[HistoryEntry(CommandStatus.QUEUED.value, row.created_at, API_SOURCE, None)],
-    )

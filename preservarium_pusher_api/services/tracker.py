@@ -25,14 +25,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from preservarium_pusher_api.contract import DevicePresence, StatusEvent
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.services.devices import DeviceDirectory
-from preservarium_pusher_api.services.kafka_service import consumer_options
-from preservarium_pusher_api.services.status_store import StatusStore, Transition
-from preservarium_pusher_api.utils.backoff import backoff_delay
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.contract import DevicePresence, StatusEvent
+from preservarium_pusher_api.core.kafka import consumer_options
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.metrics import PusherMetrics
+from preservarium_pusher_api.store import StatusStore, Transition
 
 log = get_logger(__name__)
 
@@ -68,7 +67,7 @@ class StatusTracker:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._devices = DeviceDirectory(store)
+        self._devices = store.devices
         self._metrics = metrics
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
@@ -209,7 +208,7 @@ class StatusTracker:
             try:
                 transitions = await self._store.sweep(grace=self._settings.sweep_grace_seconds)
                 if time.time() - last_purge > _PURGE_EVERY_SECONDS:
-                    await self._store.purge_idempotency_keys(
+                    await self._store.idempotency_keys.purge(
                         time.time() - self._settings.idempotency_ttl_seconds
                     )
                     last_purge = time.time()

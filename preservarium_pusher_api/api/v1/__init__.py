@@ -1,1 +1,1 @@
-"""api/v1 package."""
+"""Version 1 of the API; ``api/router.py`` mounts these modules under ``/api/v1``."""

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from preservarium_pusher_api.api.common import error_docs
 from preservarium_pusher_api.api.dependencies import StatusDep
-from preservarium_pusher_api.api.v1.commands import _ERRORS, API_PREFIX
-from preservarium_pusher_api.core.exceptions import PusherError
-from preservarium_pusher_api.core.models import DeviceListResponse, DeviceResponse, ErrorResponse
-from preservarium_pusher_api.services.devices import DeviceDirectory, DeviceState
-
-
-class DeviceNotFoundError(PusherError):
-    """No connector ever heard from the device and no command was sent to it."""
-
-    status_code = 404
+from preservarium_pusher_api.exceptions import DeviceNotFoundError
+from preservarium_pusher_api.models import DeviceListResponse, DeviceResponse
+from preservarium_pusher_api.store import DeviceState
 
 
 def _response(state: DeviceState) -> DeviceResponse:
@@ -35,7 +29,7 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> DeviceListResponse:
     """Every device heard from or with pending commands."""
-    states = await DeviceDirectory(status.store).list(limit)
+    states = await status.store.devices.list(limit)
     return DeviceListResponse(items=[_response(state) for state in states])
 
 
@@ -44,7 +38,7 @@ async def get_device(
     status: StatusDep,
 ) -> DeviceResponse:
     """One device's presence and pending commands."""
-    state = await DeviceDirectory(status.store).get(device_id)
+    state = await status.store.devices.get(device_id)
     if state is None:
         raise DeviceNotFoundError(f"no device {device_id!r} is known")
     return _response(state)
@@ -53,21 +47,20 @@ async def get_device(
 def build_router() -> APIRouter:
     """Device routes."""
     router = APIRouter(tags=["devices"])
-    errors: dict[int | str, dict[str, Any]] = {code: _ERRORS[code] for code in (401, 429)}
     router.add_api_route(
-        f"{API_PREFIX}/devices",
+        "/devices",
         list_devices,
         methods=["GET"],
         response_model=DeviceListResponse,
-        responses=errors,
+        responses=error_docs(401, 429),
         summary="Devices: presence and pending commands",
     )
     router.add_api_route(
-        f"{API_PREFIX}/devices/{{device_id}}",
+        "/devices/{device_id}",
         get_device,
         methods=["GET"],
         response_model=DeviceResponse,
-        responses={**errors, 404: {"model": ErrorResponse, "description": "Unknown device"}},
+        responses=error_docs(401, 404, 429, e404="Unknown device"),
         summary="One device: online, last seen, pending commands",
     )
     return router

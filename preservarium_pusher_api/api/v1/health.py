@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from preservarium_pusher_api.api.dependencies import KafkaDep
-from preservarium_pusher_api.core.models import HealthResponse
+from preservarium_pusher_api.models import HealthResponse
 
 router = APIRouter(tags=["health"])
 

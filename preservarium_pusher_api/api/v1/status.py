@@ -1,48 +1,30 @@
-"""Status routes: a command's status (with long-poll), the audit list, cancel."""
+"""Command status routes: one command's status (with long-poll), the audit list, cancel."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
-from slowapi import Limiter
-from starlette.requests import Request
+from fastapi import APIRouter, Path, Query, Request
 
-from preservarium_pusher_api.api.dependencies import PusherDep, SettingsDep, StatusDep
-from preservarium_pusher_api.api.v1.commands import _ERRORS, API_PREFIX, Endpoint
-from preservarium_pusher_api.contract import CommandStatus, check_identifier
-from preservarium_pusher_api.core.exceptions import (
-    CommandNotCancellableError,
-    CommandNotFoundError,
-    PusherError,
-)
-from preservarium_pusher_api.core.models import (
+from preservarium_pusher_api.api.common import RateLimited, error_docs
+from preservarium_pusher_api.api.dependencies import CommandsDep
+from preservarium_pusher_api.core.contract import CommandStatus, check_identifier
+from preservarium_pusher_api.exceptions import InvalidQueryError
+from preservarium_pusher_api.models import (
     CancelResponse,
     CommandListResponse,
     CommandStatusResponse,
     CommandSummary,
-    ErrorResponse,
     HistoryItem,
 )
-from preservarium_pusher_api.services.status_store import (
-    CommandRecord,
-    InvalidCursorError,
-    from_epoch,
-    to_epoch,
-)
+from preservarium_pusher_api.store import CommandRecord, from_epoch, to_epoch
 
 MAX_WAIT_SECONDS = 60
 MAX_PAGE = 500
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 RequestId = Annotated[str, Path(pattern=_UUID, description="The command's request_id (a UUID).")]
-
-
-class InvalidQueryError(PusherError):
-    """A query parameter that is well typed but not acceptable (e.g. a foreign cursor)."""
-
-    status_code = 422
 
 
 def _summary_fields(record: CommandRecord) -> dict[str, Any]:
@@ -78,8 +60,7 @@ def status_response(record: CommandRecord) -> CommandStatusResponse:
 
 async def get_command_status(
     request_id: RequestId,
-    status: StatusDep,
-    settings: SettingsDep,
+    commands: CommandsDep,
     wait: Annotated[
         float,
         Query(
@@ -95,21 +76,12 @@ async def get_command_status(
     ] = None,
 ) -> CommandStatusResponse:
     """The command's current status and its history."""
-    request_id = request_id.lower()
-    record = await status.read(request_id)
-    if record is None:
-        raise CommandNotFoundError(f"no command with request_id {request_id}")
-    seen = last_status or record.status
-    if wait > 0 and record.status == seen and not record.status.is_terminal:
-        latest = await status.notifier.wait_for_change(
-            status.read, request_id, seen, wait, settings.long_poll_recheck_seconds
-        )
-        record = latest or record
+    record = await commands.read(request_id.lower(), wait, last_status)
     return status_response(record)
 
 
 async def _list(
-    status: StatusDep,
+    commands: CommandsDep,
     device_id: str | None,
     state: CommandStatus | None,
     since: datetime | None,
@@ -123,20 +95,13 @@ async def _list(
             raise InvalidQueryError(
                 f"device_id {exc}", details=[{"loc": ["query", "device_id"]}]
             ) from exc
-    await status.writer.flush()  # commands this instance just accepted are listed too
-    try:
-        page = await status.store.list(
-            device_id=device_id,
-            status=state,
-            since=to_epoch(since) if since else None,
-            limit=limit,
-            cursor=cursor,
-        )
-    except InvalidCursorError as exc:
-        raise InvalidQueryError(
-            "cursor is not valid; pass next_cursor from a previous page",
-            details=[{"loc": ["query", "cursor"]}],
-        ) from exc
+    page = await commands.list(
+        device_id=device_id,
+        state=state,
+        since=to_epoch(since) if since else None,
+        limit=limit,
+        cursor=cursor,
+    )
     return CommandListResponse(
         items=[CommandSummary(**_summary_fields(record)) for record in page.items],
         next_cursor=page.next_cursor,
@@ -152,7 +117,7 @@ StatusFilter = Annotated[CommandStatus | None, Query(alias="status")]
 
 
 async def list_commands(
-    status: StatusDep,
+    commands: CommandsDep,
     device_id: Annotated[str | None, Query(max_length=128)] = None,
     state: StatusFilter = None,
     since: Since = None,
@@ -160,95 +125,66 @@ async def list_commands(
     cursor: Cursor = None,
 ) -> CommandListResponse:
     """Commands, newest first, with keyset pagination."""
-    return await _list(status, device_id, state, since, limit, cursor)
+    return await _list(commands, device_id, state, since, limit, cursor)
 
 
 async def list_device_commands(
     device_id: Annotated[str, Path(max_length=128)],
-    status: StatusDep,
+    commands: CommandsDep,
     state: StatusFilter = None,
     since: Since = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> CommandListResponse:
     """The commands of one device, newest first."""
-    return await _list(status, device_id, state, since, limit, cursor)
+    return await _list(commands, device_id, state, since, limit, cursor)
 
 
 async def cancel_command(
-    request: Request,
+    request: Request,  # read by the rate limiter
     request_id: RequestId,
-    status: StatusDep,
-    pusher: PusherDep,
+    commands: CommandsDep,
 ) -> CancelResponse:
     """Cancel a command that is still queued (not yet sent to the device)."""
-    request_id = request_id.lower()
-    record = await status.read(request_id)
-    if record is None:
-        raise CommandNotFoundError(f"no command with request_id {request_id}")
-    if record.status != CommandStatus.QUEUED:
-        raise CommandNotCancellableError(
-            f"command is {record.status.value}; only queued commands can be cancelled",
-            details=[{"request_id": request_id, "status": record.status.value}],
-        )
-    await pusher.push_cancel(request_id, record.device_id, record.protocol)
-    await status.store.add_note(request_id, CommandStatus.QUEUED, "cancel requested")
-    status.notifier.notify([request_id])
-    return CancelResponse(
-        request_id=request_id,
-        status=record.status,
-        message="Cancel requested; the status becomes cancelled when the connector drops "
-        "the command, or the history records that it came too late.",
-    )
+    return await commands.cancel(request_id.lower())
 
 
-def build_router(limiter: Limiter, rate_limit: str | None) -> APIRouter:
-    """Status routes; cancel is rate limited like submissions."""
+def build_router(limited: RateLimited) -> APIRouter:
+    """Command status routes; cancel is rate limited like submissions."""
     router = APIRouter(tags=["status"])
-
-    def limited(endpoint: Endpoint) -> Endpoint:
-        return limiter.limit(rate_limit)(endpoint) if rate_limit else endpoint
-
-    errors: dict[int | str, dict[str, Any]] = {code: _ERRORS[code] for code in (401, 429)}
-    not_found: dict[int | str, dict[str, Any]] = {
-        404: {"model": ErrorResponse, "description": "Unknown request_id"}
-    }
     router.add_api_route(
-        f"{API_PREFIX}/commands/{{request_id}}/status",
+        "/commands/{request_id}/status",
         get_command_status,
         methods=["GET"],
         response_model=CommandStatusResponse,
-        responses={**errors, **not_found},
+        responses=error_docs(401, 404, 429, e404="Unknown request_id"),
         summary="Status and history of one command (long-poll with ?wait=)",
     )
     router.add_api_route(
-        f"{API_PREFIX}/commands",
+        "/commands",
         list_commands,
         methods=["GET"],
         response_model=CommandListResponse,
-        responses=errors,
+        responses=error_docs(401, 422, 429),
         summary="List commands, newest first",
     )
     router.add_api_route(
-        f"{API_PREFIX}/devices/{{device_id}}/commands",
+        "/devices/{device_id}/commands",
         list_device_commands,
         methods=["GET"],
         response_model=CommandListResponse,
-        responses=errors,
+        responses=error_docs(401, 422, 429),
         summary="List one device's commands, newest first",
     )
     router.add_api_route(
-        f"{API_PREFIX}/commands/{{request_id}}",
+        "/commands/{request_id}",
         limited(cancel_command),
         methods=["DELETE"],
         status_code=202,
         response_model=CancelResponse,
-        responses={
-            **errors,
-            **not_found,
-            409: {"model": ErrorResponse, "description": "Already sent or finished"},
-            503: _ERRORS[503],
-        },
+        responses=error_docs(
+            401, 404, 409, 429, 503, e404="Unknown request_id", e409="Already sent or finished"
+        ),
         summary="Cancel a queued command",
     )
     return router

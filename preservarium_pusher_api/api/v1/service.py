@@ -1,4 +1,8 @@
-"""Service status for operators and metrics for Prometheus."""
+"""The service's own state for operators, and metrics for Prometheus.
+
+"Service status" here is the process's state (version, Kafka, uptime); a command's status
+is served by ``status.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,24 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from preservarium_pusher_api.api.dependencies import MetricsDep, PusherDep
-from preservarium_pusher_api.core.models import ServiceStatus
+from preservarium_pusher_api.api.common import error_docs
+from preservarium_pusher_api.api.dependencies import CommandsDep, MetricsDep
+from preservarium_pusher_api.models import ServiceStatus
 
-status_router = APIRouter(tags=["monitoring"])
+service_router = APIRouter(tags=["monitoring"])
 metrics_router = APIRouter(tags=["monitoring"])
 
 
-@status_router.get("/api/v1/status", response_model=ServiceStatus, summary="Service status")
-async def service_status(pusher: PusherDep) -> ServiceStatus:
+@service_router.get(
+    "/status", response_model=ServiceStatus, responses=error_docs(401), summary="Service status"
+)
+async def service_status(commands: CommandsDep) -> ServiceStatus:
     """Version, Kafka connectivity, uptime, commands processed, last error (API key needed)."""
-    return pusher.status()
+    return commands.service_status()
 
 
 @metrics_router.get(
-    "/api/v1/metrics",
+    "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}, "application/json": {}}}},

@@ -1,4 +1,10 @@
-"""Business logic: turn validated requests into Kafka command records and report the outcome."""
+"""Producing command records: one, a batch, a cancel, and settling the acknowledgements.
+
+``CommandProducer`` turns validated requests into contract records, hands them to the
+Kafka producer and turns each acknowledgement (or failure) into the answer for that
+command; accepted commands are handed to the queued writer so this instance can answer
+their status at once. It keeps the counters behind the service status.
+"""
 
 from __future__ import annotations
 
@@ -13,37 +19,31 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from pydantic_core import to_json
 
-from preservarium_pusher_api.contract import (
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.contract import (
     CancelMessage,
     CommandMessage,
     cancel_headers,
     command_headers,
     utc_now,
 )
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.core.exceptions import (
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.exceptions import (
     KafkaUnavailableError,
     PayloadTooLargeError,
     PusherError,
 )
-from preservarium_pusher_api.core.models import (
-    BatchCommandResponse,
-    CommandRequest,
-    CommandResponse,
-    ServiceStatus,
-)
+from preservarium_pusher_api.metrics import PusherMetrics
+from preservarium_pusher_api.models import BatchCommandResponse, CommandRequest, CommandResponse
 from preservarium_pusher_api.services.kafka_service import (
     KafkaService,
     OutgoingRecord,
     map_kafka_error,
 )
-from preservarium_pusher_api.services.status_service import QueuedWriter, queued_row
-from preservarium_pusher_api.utils.logging import get_logger
-from preservarium_pusher_api.utils.metrics import PusherMetrics
+from preservarium_pusher_api.services.status_service import QueuedWriter
+from preservarium_pusher_api.store import queued_from_message
 
 log = get_logger(__name__)
-
-SERVICE_NAME = "preservarium-pusher-api"
 
 
 def new_request_ids(count: int) -> list[str]:
@@ -84,8 +84,8 @@ def build_message(
     )
 
 
-class PusherService:
-    """Validates sizes, produces commands and keeps the counters behind ``/api/v1/status``."""
+class CommandProducer:
+    """Produces command and cancel records and settles their acknowledgements."""
 
     def __init__(
         self,
@@ -98,7 +98,6 @@ class PusherService:
         self._kafka = kafka
         self._metrics = metrics
         self._writer = writer
-        self._started = time.monotonic()
         self.commands_processed = 0
 
     def check_payload_sizes(self, commands: Sequence[CommandRequest]) -> None:
@@ -151,7 +150,7 @@ class PusherService:
             raise failure from exc
         accepted = self._accepted(message, metadata, time.perf_counter() - started)
         if self._writer is not None:
-            self._writer.record([queued_row(message)])
+            self._writer.record([queued_from_message(message)])
         return accepted
 
     async def push_commands_batch(
@@ -191,7 +190,7 @@ class PusherService:
         successful = sum(result.success for result in results)
         if self._writer is not None and successful:
             self._writer.record(
-                queued_row(message)
+                queued_from_message(message)
                 for message, result in zip(messages, results, strict=True)
                 if result.success
             )
@@ -321,17 +320,4 @@ class PusherService:
             command_type=message.command_type,
             protocol=message.protocol.value,
             error_type=error.error_type,
-        )
-
-    def status(self) -> ServiceStatus:
-        """Snapshot for ``GET /api/v1/status``."""
-        uptime = time.monotonic() - self._started
-        return ServiceStatus(
-            service=SERVICE_NAME,
-            version=self._settings.api_version,
-            kafka_connected=self._kafka.connected,
-            uptime=str(timedelta(seconds=int(uptime))),
-            uptime_seconds=round(uptime, 3),
-            commands_processed=self.commands_processed,
-            last_error=self._kafka.last_error,
         )

@@ -1,151 +1,51 @@
 """Status store: what became of every command, on SQLite (default) or PostgreSQL.
 
-SQLAlchemy 2 Core on an async engine (aiosqlite or asyncpg). Times are stored as epoch
-seconds (float) so that deadline arithmetic and keyset pagination are the same SQL on both
-databases. Every write respects the lifecycle: a row's status only moves forward
-(``status_rank`` grows), the first terminal status wins, and an event that arrives before
-the API recorded ``queued`` creates the row instead of being lost.
+SQLAlchemy 2 Core on an async engine (aiosqlite or asyncpg). Every write respects the
+lifecycle: a row's status only moves forward (``status_rank`` grows), the first terminal
+status wins, and an event that arrives before the API recorded ``queued`` creates the row
+instead of being lost. The tables are in ``schema``, their migrations in ``migrate``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    SmallInteger,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    and_,
-    delete,
-    event,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import and_, event, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from preservarium_pusher_api.contract import CommandStatus, StatusEvent
-from preservarium_pusher_api.core.exceptions import ConfigurationError
-from preservarium_pusher_api.utils.logging import get_logger
+from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
+from preservarium_pusher_api.core.errors import ConfigurationError
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.store.devices import DeviceDirectory
+from preservarium_pusher_api.store.idempotency import IdempotencyKeys
+from preservarium_pusher_api.store.migrate import upgrade
+from preservarium_pusher_api.store.records import (
+    API_SOURCE,
+    SWEEPER_SOURCE,
+    CommandRecord,
+    HistoryEntry,
+    Page,
+    QueuedCommand,
+    Transition,
+    decode_cursor,
+    encode_cursor,
+    record_from_row,
+    to_epoch,
+)
+from preservarium_pusher_api.store.schema import DETAIL_MAX_CHARS, commands, history
 
 log = get_logger(__name__)
-
-SCHEMA_VERSION: Final = 2
 
 # What a database that is down or gone raises: SQLAlchemy wraps most driver errors, but not
 # those of opening a connection (asyncpg's own errors, refused sockets).
 STORE_ERRORS: Final = (SQLAlchemyError, asyncpg.PostgresError, sqlite3.Error, OSError)
-DETAIL_MAX_CHARS: Final = 500
-API_SOURCE: Final = "api"
-SWEEPER_SOURCE: Final = "sweeper"
-
-metadata = MetaData()
-
-schema_info = Table(
-    "pusher_schema",
-    metadata,
-    Column("id", SmallInteger, primary_key=True),
-    Column("version", Integer, nullable=False),
-)
-
-commands = Table(
-    "pusher_commands",
-    metadata,
-    Column("request_id", String(64), primary_key=True),
-    Column("device_id", String(128), nullable=False),
-    Column("protocol", String(8)),
-    Column("command_type", String(128)),
-    Column("status", String(16), nullable=False),
-    Column("status_rank", SmallInteger, nullable=False),
-    Column("detail", Text),
-    Column("result", JSON),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("expires_at", Float),
-    Column("timeout_seconds", Float),
-    Column("sent_at", Float),
-    Index("ix_pusher_commands_created", "created_at", "request_id"),
-    Index("ix_pusher_commands_device", "device_id", "created_at", "request_id"),
-    Index("ix_pusher_commands_status", "status", "created_at", "request_id"),
-    Index("ix_pusher_commands_expiry", "status_rank", "expires_at"),
-    Index("ix_pusher_commands_deadline", "status_rank", "sent_at"),
-)
-
-history = Table(
-    "pusher_command_history",
-    metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("request_id", String(64), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("at", Float, nullable=False),
-    Column("source", String(128), nullable=False),
-    Column("detail", String(DETAIL_MAX_CHARS), nullable=False, server_default=""),
-    # The same event delivered twice (at-least-once) is one history entry.
-    UniqueConstraint("request_id", "status", "source", "detail", name="uq_pusher_history_event"),
-    Index("ix_pusher_history_request", "request_id", "at"),
-)
-
-# Version 2: device presence reported by connectors.
-devices = Table(
-    "pusher_devices",
-    metadata,
-    Column("device_id", String(128), primary_key=True),
-    Column("protocol", String(8)),
-    Column("online", Boolean),
-    Column("last_seen", Float, nullable=False),
-    Column("changed_at", Float),
-    Column("source", String(128)),
-    Column("detail", Text),
-)
-
-idempotency = Table(
-    "pusher_idempotency",
-    metadata,
-    Column("scope", String(64), primary_key=True),
-    Column("key", String(255), primary_key=True),
-    Column("request_hash", String(64), nullable=False),
-    Column("state", String(8), nullable=False),  # "pending" | "done"
-    Column("status_code", Integer),
-    Column("response", JSON),
-    Column("created_at", Float, nullable=False),
-    Index("ix_pusher_idempotency_created", "created_at"),
-)
-
-
-def to_epoch(value: datetime) -> float:
-    """Epoch seconds of an aware (or UTC-naive) datetime."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-def from_epoch(value: float | None) -> datetime | None:
-    """Aware UTC datetime of epoch seconds (None stays None)."""
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def _clip(detail: str | None) -> str:
@@ -165,129 +65,12 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedCommand:
-    """What the API knows of a command when Kafka acknowledged it."""
-
-    request_id: str
-    device_id: str
-    protocol: str
-    command_type: str
-    created_at: float
-    expires_at: float | None
-    timeout_seconds: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One accepted event in a command's history."""
-
-    status: str
-    at: float
-    source: str
-    detail: str | None
-
-
-@dataclass(slots=True)
-class CommandRecord:
-    """A command's row, with its history when read one by one."""
-
-    request_id: str
-    device_id: str
-    protocol: str | None
-    command_type: str | None
-    status: CommandStatus
-    detail: str | None
-    result: Any
-    created_at: float
-    updated_at: float
-    expires_at: float | None
-    timeout_seconds: float | None
-    sent_at: float | None
-    history: list[HistoryEntry] = field(default_factory=list)
-
-    @property
-    def version(self) -> str:
-        """Changes whenever the status or the history changes (long-poll, ETag)."""
-        return f"{self.status.value}.{len(self.history)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A status change the store applied (for metrics and long-poll wake-ups)."""
-
-    request_id: str
-    status: CommandStatus
-    protocol: str | None
-    created_at: float
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a listing and the cursor of the next one."""
-
-    items: list[CommandRecord]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Outcome of claiming an idempotency key."""
-
-    owner: bool
-    request_hash: str
-    state: str
-    status_code: int | None = None
-    response: Any = None
-
-
-class InvalidCursorError(ValueError):
-    """A listing cursor that this store did not issue."""
-
-
-def encode_cursor(created_at: float, request_id: str) -> str:
-    """Opaque cursor after (created_at, request_id)."""
-    raw = f"{created_at!r}|{request_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    """Inverse of :func:`encode_cursor`.
-
-    Raises:
-        InvalidCursorError: not a cursor this store issued.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, request_id = raw.split("|", 1)
-        value = float(created)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursorError("cursor is not valid") from exc
-    if not request_id or value != value:  # NaN
-        raise InvalidCursorError("cursor is not valid")
-    return value, request_id
-
-
-def _record(row: Any) -> CommandRecord:
-    return CommandRecord(
-        request_id=row.request_id,
-        device_id=row.device_id,
-        protocol=row.protocol,
-        command_type=row.command_type,
-        status=CommandStatus(row.status),
-        detail=row.detail,
-        result=row.result,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        expires_at=row.expires_at,
-        timeout_seconds=row.timeout_seconds,
-        sent_at=row.sent_at,
-    )
-
-
 class StatusStore:
-    """Schema management, lifecycle-aware writes and the queries behind the status API."""
+    """Lifecycle-aware writes and the queries behind the status API, on one engine.
+
+    Idempotency claims (``idempotency_keys``) and device presence (``devices``) share the
+    engine and live in their own modules.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         self.url = normalise_url(url)
@@ -305,6 +88,8 @@ class StatusStore:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self.idempotency_keys = IdempotencyKeys(self.engine, self._insert)
+        self.devices = DeviceDirectory(self.engine, self._insert)
 
     @property
     def insert(self) -> Any:
@@ -316,40 +101,12 @@ class StatusStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     async def start(self) -> None:
-        """Create or upgrade the schema.
+        """Bring the schema to this version's head revision (see ``migrate``).
 
         Raises:
             ConfigurationError: the store was written by a newer version of the service.
         """
-        for attempt in range(3):
-            try:
-                async with self.engine.begin() as conn:
-                    if self.dialect == "postgresql":
-                        # Several instances may start at once: one migrates, the others wait.
-                        await conn.execute(text("SELECT pg_advisory_xact_lock(7135391)"))
-                    await self._migrate(conn)
-                return
-            except (IntegrityError, ProgrammingError) as exc:  # lost a creation race
-                if attempt == 2:
-                    raise
-                log.info("status store schema race, retrying", error=type(exc).__name__)
-
-    async def _migrate(self, conn: AsyncConnection) -> None:
-        await conn.run_sync(metadata.create_all)
-        version = (await conn.execute(select(schema_info.c.version))).scalar()
-        if version is None:
-            await conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
-            log.info("status store schema created", version=SCHEMA_VERSION)
-        elif version > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"status store schema version {version} is newer than this service "
-                f"({SCHEMA_VERSION}); upgrade the service"
-            )
-        elif version < SCHEMA_VERSION:
-            # Upgrade steps go here, one per version, in order. 1 → 2 only adds the
-            # pusher_devices table, which create_all above has made.
-            await conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
-            log.info("status store schema upgraded", version=SCHEMA_VERSION)
+        await upgrade(self.engine)
 
     async def stop(self) -> None:
         """Close every pooled connection."""
@@ -593,7 +350,7 @@ class StatusStore:
                     .order_by(history.c.at, history.c.id)
                 )
             ).all()
-        record = _record(row)
+        record = record_from_row(row)
         events = [
             HistoryEntry(entry.status, entry.at, entry.source, entry.detail or None)
             for entry in entries
@@ -637,94 +394,12 @@ class StatusStore:
         query = query.order_by(commands.c.created_at.desc(), commands.c.request_id.desc())
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit + 1))).all()
-        items = [_record(row) for row in rows[:limit]]
+        items = [record_from_row(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.request_id)
         return Page(items, next_cursor)
-
-    # -- idempotency keys ---------------------------------------------------------------
-
-    async def claim_idempotency_key(
-        self, scope: str, key: str, request_hash: str, ttl_seconds: float, stale_seconds: float
-    ) -> Claim:
-        """Claim ``key`` for a new request, or return what an earlier request left.
-
-        Exactly one of several concurrent claimants becomes the owner. A claim older than
-        ``ttl_seconds`` is forgotten; a pending claim older than ``stale_seconds`` (its
-        owner died) is taken over.
-        """
-        now = time.time()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(idempotency)
-                .where(idempotency.c.scope == scope, idempotency.c.key == key)
-                .where(
-                    or_(
-                        idempotency.c.created_at < now - ttl_seconds,
-                        and_(
-                            idempotency.c.state == "pending",
-                            idempotency.c.created_at < now - stale_seconds,
-                        ),
-                    )
-                )
-            )
-            inserted = await conn.execute(
-                self._insert(idempotency)
-                .values(
-                    scope=scope, key=key, request_hash=request_hash, state="pending", created_at=now
-                )
-                .on_conflict_do_nothing()
-            )
-            if inserted.rowcount:
-                return Claim(owner=True, request_hash=request_hash, state="pending")
-            row = (
-                await conn.execute(
-                    select(idempotency).where(
-                        idempotency.c.scope == scope, idempotency.c.key == key
-                    )
-                )
-            ).first()
-        if row is None:  # removed between our insert and read; let the caller retry
-            return Claim(owner=False, request_hash=request_hash, state="pending")
-        return Claim(
-            owner=False,
-            request_hash=row.request_hash,
-            state=row.state,
-            status_code=row.status_code,
-            response=row.response,
-        )
-
-    async def complete_idempotency_key(
-        self, scope: str, key: str, status_code: int, response: Any
-    ) -> None:
-        """Store the response the key's owner sent."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(idempotency)
-                .where(idempotency.c.scope == scope, idempotency.c.key == key)
-                .values(state="done", status_code=status_code, response=response)
-            )
-
-    async def release_idempotency_key(self, scope: str, key: str) -> None:
-        """Forget a pending claim whose request failed, so a retry can proceed."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(idempotency).where(
-                    idempotency.c.scope == scope,
-                    idempotency.c.key == key,
-                    idempotency.c.state == "pending",
-                )
-            )
-
-    async def purge_idempotency_keys(self, older_than: float) -> int:
-        """Delete keys created before ``older_than`` (epoch seconds)."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                delete(idempotency).where(idempotency.c.created_at < older_than)
-            )
-        return int(result.rowcount or 0)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

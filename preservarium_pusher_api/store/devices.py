@@ -7,22 +7,17 @@ change older than the one stored is ignored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from preservarium_pusher_api.contract import TERMINAL_STATUSES, DevicePresence
-from preservarium_pusher_api.services.status_store import (
-    StatusStore,
-    commands,
-    devices,
-    from_epoch,
-    to_epoch,
-)
+from preservarium_pusher_api.core.contract import TERMINAL_STATUSES, DevicePresence
+from preservarium_pusher_api.store.records import from_epoch, to_epoch
+from preservarium_pusher_api.store.schema import commands, devices
 
 _PENDING_BELOW_RANK = next(iter(TERMINAL_STATUSES)).rank
 
@@ -40,17 +35,18 @@ class DeviceState:
 
 
 class DeviceDirectory:
-    """Presence writes and device queries on the status store's database."""
+    """Presence writes and device queries on the status store's engine."""
 
-    def __init__(self, store: StatusStore) -> None:
-        self._store = store
+    def __init__(self, engine: AsyncEngine, insert: Callable[..., Any]) -> None:
+        self._engine = engine
+        self._insert = insert
 
     async def apply_presence(self, items: Sequence[DevicePresence]) -> None:
         """Upsert presence records in one transaction (idempotent, order-tolerant)."""
         if not items:
             return
-        insert = self._store.insert
-        async with self._store.engine.begin() as conn:
+        insert = self._insert
+        async with self._engine.begin() as conn:
             for item in items:
                 seen = to_epoch(item.last_seen)
                 statement = insert(devices).values(
@@ -87,7 +83,7 @@ class DeviceDirectory:
 
     async def list(self, limit: int = 500) -> list[DeviceState]:
         """Devices heard from or with pending commands, by device_id."""
-        async with self._store.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(select(devices).order_by(devices.c.device_id).limit(limit))
             ).all()
@@ -100,7 +96,7 @@ class DeviceDirectory:
 
     async def get(self, device_id: str) -> DeviceState | None:
         """One device, or None when it was never heard from and has no command."""
-        async with self._store.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             row = (
                 await conn.execute(select(devices).where(devices.c.device_id == device_id))
             ).first()

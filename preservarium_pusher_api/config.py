@@ -1,0 +1,100 @@
+"""Settings of the API process, read from environment variables and ``.env``.
+
+They extend the shared ``CoreSettings`` (Kafka, logging) with what only the API and its
+tracker use. Every setting has a default that works for local use; production sets the
+Kafka address, ``ENABLE_AUTH`` with ``API_KEYS``/``API_KEYS_FILE`` and
+``KAFKA_ENABLE_IDEMPOTENCE=true``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from preservarium_pusher_api import __version__
+from preservarium_pusher_api.core.errors import ConfigurationError
+from preservarium_pusher_api.core.settings import CoreSettings, split_csv
+
+__all__ = ["Settings", "split_csv"]
+
+
+class Settings(CoreSettings):
+    """All settings of the API process; field names map to upper-case env vars."""
+
+    # Kafka producer and topics
+    kafka_linger_ms: int = Field(0, ge=0, le=1000)
+    kafka_max_request_size: int = Field(1_048_576, ge=1024)
+    kafka_compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    kafka_create_topics: bool = True
+    kafka_topic_partitions: int = Field(6, ge=1)
+    kafka_topic_replication_factor: int = Field(1, ge=1)
+    kafka_health_interval: float = Field(2.0, gt=0)
+
+    # Status store, tracker and deadlines
+    status_store_enabled: bool = True
+    status_store_url: str = "sqlite+aiosqlite:///./pusher-status.db"
+    status_store_pool_size: int = Field(5, ge=1, le=100)
+    tracker_enabled: bool = True
+    tracker_group_id: str = "pusher-status-tracker"
+    tracker_metrics_port: int = Field(0, ge=0, le=65535)
+    default_ttl_seconds: int | None = Field(600, gt=0)
+    default_timeout_seconds: float | None = Field(300.0, gt=0)
+    sweep_interval_seconds: float = Field(1.0, gt=0, le=3600)
+    # Deadlines are swept this long after they pass: the connector holding a command
+    # reports expired/timed_out itself, and its in-flight events win over the sweeper.
+    sweep_grace_seconds: float = Field(5.0, ge=0, le=3600)
+    long_poll_recheck_seconds: float = Field(1.0, gt=0, le=60)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+
+    # HTTP server
+    api_title: str = "Preservarium Pusher API"
+    api_version: str = __version__
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    cors_origins: str = ""
+    trusted_proxies: str = ""
+
+    # Tracing
+    # FastAPI's built-in OpenTelemetry spans/metrics; needs an OpenTelemetry SDK configured.
+    otel_enabled: bool = False
+
+    # Security and limits
+    enable_auth: bool = False
+    api_key_header: str = "X-API-Key"
+    api_keys: SecretStr = SecretStr("")
+    api_keys_file: Path | None = None
+    rate_limit: str | None = None
+    rate_limit_storage_uri: str = "memory://"
+    max_batch_size: int = Field(1000, ge=1, le=100_000)
+    max_payload_bytes: int = Field(64 * 1024, ge=16)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @field_validator(
+        "rate_limit",
+        "kafka_compression_type",
+        "default_ttl_seconds",
+        "default_timeout_seconds",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def load_api_keys(self) -> list[str]:
+        """Return the accepted API keys from ``API_KEYS`` and ``API_KEYS_FILE`` (one per line).
+
+        Raises:
+            ConfigurationError: auth is enabled but no key is configured, or the file is unreadable.
+        """
+        keys = split_csv(self.api_keys.get_secret_value())
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read API_KEYS_FILE: {exc.strerror}") from exc
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        if self.enable_auth and not keys:
+            raise ConfigurationError("ENABLE_AUTH is true but no API key is configured")
+        return keys
