@@ -38,27 +38,36 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import importlib
-import importlib.util
-import inspect
 import json
 import logging
 import os
 import sys
 import threading
 import time
-import typing
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+# The agent's own modules sit beside it (run as a script, its folder is on the path).
+from ot2_answers import AnswerBook, error_body
+from ot2_tasks import (
+    TASKS,
+    Lab,
+    TaskInputError,
+    TaskSpec,
+    current_lab,
+    load_task_module,
+    task,
+    use_lab,
+)
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["Agent", "AnswerBook", "Lab", "TaskInputError", "create_app", "current_lab", "task"]
 
 log = logging.getLogger("ot2_agent")
 
@@ -68,259 +77,11 @@ DEFAULT_CONFIG = HERE / "config.json"
 BUSY_RETRY_AFTER_SECONDS = 1
 
 
-# -- task registry -------------------------------------------------------------------
-
-
-class TaskInputError(ValueError):
-    """Raise from a task, before moving anything, when its parameters cannot be run (422)."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A registered task: the function and the model its parameters are checked with."""
-
-    name: str
-    function: Callable[..., Any]
-    parameters: type[BaseModel]
-    description: str
-
-    def schema(self) -> dict[str, Any]:
-        """What ``GET /tasks`` shows for this task."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "parameters": self.parameters.model_json_schema(),
-        }
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def _parameters_model(function: Callable[..., Any], name: str) -> type[BaseModel]:
-    hints = typing.get_type_hints(function, include_extras=True)
-    fields: dict[str, Any] = {}
-    for parameter in inspect.signature(function).parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise TypeError(f"task {name!r}: *args/**kwargs cannot be described as parameters")
-        annotation = hints.get(parameter.name, Any)
-        default = ... if parameter.default is parameter.empty else parameter.default
-        fields[parameter.name] = (annotation, default)
-    model: type[BaseModel] = create_model(
-        f"{name}_parameters", __config__=ConfigDict(extra="forbid"), **fields
-    )
-    return model
-
-
-def task(function: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
-    """Register ``function`` as a task (``@task`` or ``@task(name="...")``); returns it as is."""
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        task_name = name or fn.__name__
-        if task_name in TASKS and TASKS[task_name].function is not fn:
-            raise ValueError(f"task {task_name!r} is registered twice")
-        doc = inspect.getdoc(fn) or ""
-        TASKS[task_name] = TaskSpec(
-            task_name, fn, _parameters_model(fn, task_name), doc.split("\n\n")[0]
-        )
-        return fn
-
-    return register(function) if function is not None else register
-
-
-def load_task_module(reference: str) -> None:
-    """Import a module of tasks: a module name on the path, or a ``.py`` file."""
-    if reference.endswith(".py"):
-        path = Path(reference).resolve()
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load tasks from {reference}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-    else:
-        importlib.import_module(reference)
-
-
-# -- the robot -----------------------------------------------------------------------
-
-
-class Lab:
-    """The protocol context with the labware and pipettes of the config file, set up once."""
-
-    def __init__(self, config: dict[str, Any], simulate: bool) -> None:
-        self.config = config
-        self.simulate = simulate
-        self.protocol: Any = None
-        self.labware: dict[str, Any] = {}
-        self.pipettes: dict[str, Any] = {}
-
-    def setup(self) -> None:
-        """Create the protocol context and load what the config lists."""
-        api_level = str(self.config.get("api_level", "2.20"))
-        if self.simulate:
-            from opentrons import simulate
-
-            self.protocol = simulate.get_protocol_api(api_level)
-        else:
-            from opentrons import execute
-
-            self.protocol = execute.get_protocol_api(api_level)
-        for label, spec in self.config.get("labware", {}).items():
-            self.labware[label] = self.protocol.load_labware(
-                spec["load_name"], spec["slot"], label=label
-            )
-        for label, spec in self.config.get("pipettes", {}).items():
-            racks = [self.labware[rack] for rack in spec.get("tip_racks", [])]
-            self.pipettes[label] = self.protocol.load_instrument(
-                spec["name"], spec["mount"], tip_racks=racks
-            )
-
-    def well(self, labware: str, well: str) -> Any:
-        """A well by name; TaskInputError when the labware has no such well."""
-        wells = self.labware[labware].wells_by_name()
-        if well not in wells:
-            raise TaskInputError(f"{labware} has no well {well!r}")
-        return wells[well]
-
-    def location(self, reference: str) -> Any:
-        """``"labware:WELL"`` from the config as a well."""
-        labware, _, well = reference.partition(":")
-        return self.well(labware, well)
-
-    def pick_up_tip(self, pipette: Any) -> None:
-        """Next tip; in simulation an empty rack is refilled, on the robot it is a fault."""
-        if all(rack.next_tip() is None for rack in pipette.tip_racks):
-            if not self.simulate:
-                raise RuntimeError("out of tips: refill the tip racks, then run reset_tips")
-            pipette.reset_tipracks()
-        pipette.pick_up_tip()
-
-    def run_log(self) -> list[str]:
-        """What the protocol context recorded, oldest first."""
-        return list(self.protocol.commands()) if self.protocol is not None else []
-
-    def describe(self) -> dict[str, Any]:
-        """Loaded labware and pipettes for ``/health``."""
-        return {
-            "labware": {
-                label: {"load_name": lw.load_name, "slot": str(lw.parent)}
-                for label, lw in self.labware.items()
-            },
-            "pipettes": {
-                label: {"name": p.name, "mount": p.mount, "has_tip": bool(p.has_tip)}
-                for label, p in self.pipettes.items()
-            },
-        }
-
-
-_lab: Lab | None = None
-
-
-def current_lab() -> Lab:
-    """The running agent's lab, for use inside tasks."""
-    if _lab is None:
-        raise RuntimeError("the agent has not set up the robot")
-    return _lab
-
-
-# -- answers already given -----------------------------------------------------------
-
-
-class AnswerBook:
-    """Answers by request_id, written to ``answers.jsonl`` before they are returned."""
-
-    def __init__(self, state_dir: Path | None, size: int = 10_000) -> None:
-        self._size = size
-        self._answers: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
-        self._path = state_dir / "answers.jsonl" if state_dir else None
-        self._file: Any = None
-        if self._path is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            self._load()
-            self._file = self._path.open("a", encoding="utf-8")
-
-    def _load(self) -> None:
-        assert self._path is not None
-        if not self._path.exists():
-            return
-        started: set[str] = set()
-        lines = 0
-        for line in self._path.read_text(encoding="utf-8").splitlines():
-            lines += 1
-            try:
-                entry = json.loads(line)
-                request_id = entry["request_id"]
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a power loss
-            if entry.get("started"):
-                started.add(request_id)
-            else:
-                started.discard(request_id)
-                self._keep(request_id, (int(entry["code"]), entry["body"]))
-        for request_id in started:
-            self._keep(
-                request_id,
-                (
-                    500,
-                    _error_body(
-                        "interrupted: the agent stopped while this command was running; "
-                        "check the robot before sending a new command"
-                    ),
-                ),
-            )
-        if lines > 2 * self._size:
-            self._path.write_text(
-                "".join(
-                    json.dumps({"request_id": rid, "code": code, "body": body}) + "\n"
-                    for rid, (code, body) in self._answers.items()
-                ),
-                encoding="utf-8",
-            )
-
-    def _keep(self, request_id: str, answer: tuple[int, dict[str, Any]]) -> None:
-        self._answers[request_id] = answer
-        self._answers.move_to_end(request_id)
-        while len(self._answers) > self._size:
-            self._answers.popitem(last=False)
-
-    def _write(self, entry: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(entry) + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def get(self, request_id: str) -> tuple[int, dict[str, Any]] | None:
-        """The answer given to ``request_id``, if any."""
-        return self._answers.get(request_id)
-
-    def started(self, request_id: str) -> None:
-        """Note that ``request_id`` is about to run (so a crash is not mistaken for never)."""
-        self._write({"request_id": request_id, "started": True})
-
-    def finished(self, request_id: str, code: int, body: dict[str, Any]) -> None:
-        """Store the answer of ``request_id``."""
-        self._keep(request_id, (code, body))
-        self._write({"request_id": request_id, "code": code, "body": body})
-
-    def close(self) -> None:
-        """Close the answers file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-
 # -- the HTTP side -------------------------------------------------------------------
 
 
-def _error_body(message: str) -> dict[str, Any]:
-    return {"status": "error", "error": message}
-
-
 def _error(code: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(_error_body(message), status_code=code, headers=headers or None)
+    return JSONResponse(error_body(message), status_code=code, headers=headers or None)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -347,8 +108,7 @@ class Agent:
 
     async def start(self) -> None:
         """Set up the robot on the worker thread (all protocol calls happen there)."""
-        global _lab
-        _lab = self.lab
+        use_lab(self.lab)
         try:
             await asyncio.get_running_loop().run_in_executor(self._worker, self.lab.setup)
         except Exception as exc:
@@ -426,10 +186,10 @@ class Agent:
             try:
                 result = spec.function(**arguments)
             except TaskInputError as exc:
-                return 422, _error_body(str(exc))
+                return 422, error_body(str(exc))
             except Exception as exc:
                 log.exception("task raised task=%s", spec.name)
-                return 500, _error_body(f"robot fault: {type(exc).__name__}: {exc}")
+                return 500, error_body(f"robot fault: {type(exc).__name__}: {exc}")
             return 200, {"status": "success", "result": jsonable_encoder(result)}
 
     def health(self) -> dict[str, Any]:
