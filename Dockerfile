@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for the API, the tracker and every connector (the command differs):
 #   docker run IMAGE api | tracker | connector mqtt | connector http | connector coap
-# and a second, separate target for the OT-2 agent in simulation (demo profile).
+# and, for the demo profile only, a `demo` target with the simulated Pico W and CoAP
+# sensor (the dev tools are never in the runtime image) and an `ot2-agent` target.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -13,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY preservarium_pusher_api ./preservarium_pusher_api
 COPY connectors ./connectors
+COPY pusher_cli ./pusher_cli
 RUN /opt/pusher/bin/pip install -c constraints.txt ".[redis]" \
     && /opt/pusher/bin/pip check
 
@@ -36,6 +38,17 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["pusher-healthcheck"]
 ENTRYPOINT ["pusher"]
 CMD ["api"]
+
+# -- demo: simulated devices (the Pico W simulator runs the firmware's own device.py) -----
+FROM runtime AS demo
+USER root
+COPY devtools /tmp/devtools
+COPY firmware/pico_w /opt/pico-firmware
+RUN /opt/pusher/bin/pip install --no-deps /tmp/devtools && rm -rf /tmp/devtools
+ENV PICO_FIRMWARE_DIR=/opt/pico-firmware
+USER pusher
+ENTRYPOINT ["python", "-m"]
+CMD ["pusher_dev.pico_simulator", "--help"]
 
 # -- the OT-2 agent on opentrons.simulate (deployed alone on a robot; here for the demo) ----
 FROM ${PYTHON_IMAGE} AS ot2-agent

@@ -7,10 +7,10 @@ ARGS ?=
 
 .PHONY: dev test lint format bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml devtools/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ot2]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ot2]' -e ./devtools
 	touch $(STAMP)
 
 dev: $(STAMP)  ## embedded Kafka-compatible broker + API (ARGS="--api-port 8080")

@@ -6,8 +6,8 @@ import uuid
 
 from fastapi import FastAPI
 
-from preservarium_pusher_api.contract import utc_now
-from preservarium_pusher_api.core.models import CommandRequest, CommandResponse
+from preservarium_pusher_api.core.contract import utc_now
+from preservarium_pusher_api.models import CommandRequest, CommandResponse
 
 app = FastAPI()
 

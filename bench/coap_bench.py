@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mqtt_bench import cli, connector_throughput, create_topics, produce_commands  # noqa: E402
+from pusher_dev.embedded_kafka import EmbeddedKafka  # noqa: E402
 
 from connectors.coap.transport import CoapTransport  # noqa: E402
 from connectors.runtime import ConnectorRuntime  # noqa: E402
 from connectors.settings import CoapSettings  # noqa: E402
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka  # noqa: E402
 
 START, END = "<!-- coap-bench:start -->", "<!-- coap-bench:end -->"
 PAYLOAD = {"channel": 2}
@@ -61,7 +61,7 @@ def free_port_range(count: int) -> int:
 
 
 def start_sensors(base_port: int, devices: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "preservarium_pusher_api.devtools.coap_simulator",
+    argv = [sys.executable, "-m", "pusher_dev.coap_simulator",
             "--port", str(base_port), "--devices", str(devices), "--device-id", "bench-dev"]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("ab"), cwd=ROOT)
     assert process.stdout is not None

@@ -34,12 +34,13 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pusher_dev.embedded_kafka import EmbeddedKafka, free_port  # noqa: E402
+from pusher_dev.mosquitto import PrivateMosquitto  # noqa: E402
+
 from connectors.mqtt.transport import MqttTransport  # noqa: E402
 from connectors.runtime import ConnectorRuntime  # noqa: E402
 from connectors.settings import MqttSettings  # noqa: E402
-from preservarium_pusher_api.contract import CommandMessage, command_headers  # noqa: E402
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port  # noqa: E402
-from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto  # noqa: E402
+from preservarium_pusher_api.core.contract import CommandMessage, command_headers  # noqa: E402
 
 START, END = "<!-- mqtt-bench:start -->", "<!-- mqtt-bench:end -->"
 
@@ -101,8 +102,8 @@ async def produce_commands(
 
 async def create_topics(settings: Any) -> None:
     """The API's topics with their partitions, before any consumer joins."""
+    from preservarium_pusher_api.metrics import PusherMetrics
     from preservarium_pusher_api.services.kafka_service import KafkaService
-    from preservarium_pusher_api.utils.metrics import PusherMetrics
 
     service = KafkaService(settings, PusherMetrics())
     await service.start()
@@ -207,9 +208,7 @@ async def latency(kafka: str, mqtt: PrivateMosquitto, rate: int, seconds: int, d
         "CONNECTOR_GROUP_ID": f"lat-{suffix}",
     }
     device_ids = [f"lat-pico-{n}" for n in range(devices)]
-    procs = [
-        spawn([sys.executable, "-m", "preservarium_pusher_api.cli", "api"], env, work / "api.log")
-    ]
+    procs = [spawn([sys.executable, "-m", "pusher_cli", "api"], env, work / "api.log")]
     base = f"http://127.0.0.1:{api_port}"
     async with httpx.AsyncClient(base_url=base, timeout=30,
                                  limits=httpx.Limits(max_connections=200)) as client:  # fmt: skip
@@ -221,7 +220,7 @@ async def latency(kafka: str, mqtt: PrivateMosquitto, rate: int, seconds: int, d
                 pass
             await asyncio.sleep(0.1)
         procs.append(spawn([sys.executable, "-m", "connectors.mqtt"], env, work / "connector.log"))
-        sim_argv = [sys.executable, "-m", "preservarium_pusher_api.devtools.pico_simulator",
+        sim_argv = [sys.executable, "-m", "pusher_dev.pico_simulator",
                     "--broker", mqtt.url, "--prefix", "lat"]  # fmt: skip
         for device_id in device_ids:
             sim_argv += ["--device-id", device_id]

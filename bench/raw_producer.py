@@ -10,9 +10,9 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 
-from preservarium_pusher_api.contract import command_headers
-from preservarium_pusher_api.core.models import CommandRequest
-from preservarium_pusher_api.services.pusher_service import build_message
+from preservarium_pusher_api.core.contract import command_headers
+from preservarium_pusher_api.models import CommandRequest
+from preservarium_pusher_api.services.producer import build_message
 
 
 async def produce(bootstrap: str, topic: str, total: int, body: dict[str, object]) -> float:

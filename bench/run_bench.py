@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from pusher_dev.embedded_kafka import EmbeddedKafka, free_port
 
 from preservarium_pusher_api import __version__
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
