@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pusher_dev.embedded_kafka import EmbeddedKafka, free_port
 
-from preservarium_pusher_api.cli import uvicorn_options
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port
+from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.main import create_app
+from preservarium_pusher_api.server import uvicorn_options
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[Any]:
     """A private Mosquitto on a free port for the whole session (never the shared 1883)."""
-    from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
+    from pusher_dev.mosquitto import PrivateMosquitto
 
     with PrivateMosquitto() as broker:
         yield broker

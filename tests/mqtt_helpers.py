@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
+from pusher_dev.mosquitto import PrivateMosquitto
+from pusher_dev.pico_simulator import SimulatedPico
 
 from connectors.mqtt.transport import MqttTransport
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import ConnectorSettings, MqttSettings
 from connectors.transport import Transport
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
-from preservarium_pusher_api.devtools.pico_simulator import SimulatedPico
+from preservarium_pusher_api.config import Settings
 
 
 def mqtt_settings(

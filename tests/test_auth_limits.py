@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.core.exceptions import ConfigurationError
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.errors import ConfigurationError
+from preservarium_pusher_api.core.logging import configure_logging
 from preservarium_pusher_api.main import create_app
-from preservarium_pusher_api.utils.logging import configure_logging
 from tests.conftest import SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import read_records
 

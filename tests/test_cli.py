@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from pusher_dev.embedded_kafka import free_port, wait_for_port
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port, wait_for_port
 from tests.conftest import KafkaTarget
 from tests.kafka_helpers import read_records, value_of
 
@@ -309,8 +309,8 @@ async def test_pusher_tracker_alone_applies_events_and_serves_metrics(
     """`pusher tracker` consumes the results topic into the store and stops on SIGTERM."""
     from aiokafka import AIOKafkaProducer
 
-    from preservarium_pusher_api.contract import CommandStatus, StatusEvent, utc_now
-    from preservarium_pusher_api.services.status_store import StatusStore
+    from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent, utc_now
+    from preservarium_pusher_api.store import StatusStore
 
     metrics_port = free_port()
     env = {

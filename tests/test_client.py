@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pusher_dev.embedded_kafka import EmbeddedKafka, free_port, wait_for_port
 
 from preservarium_pusher_api.client import (
     CommandNotFound,
@@ -20,7 +21,6 @@ from preservarium_pusher_api.client import (
     ResultTimeout,
     Unauthorized,
 )
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port, wait_for_port
 from tests.conftest import LedStack, SettingsFactory, serve
 from tests.kafka_helpers import count_records
 

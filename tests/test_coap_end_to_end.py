@@ -15,13 +15,13 @@ from typing import Any
 import aiocoap
 import cbor2
 import pytest
+from pusher_dev.coap_simulator import LossyRelay, SimulatedCoapSensor
+from pusher_dev.embedded_kafka import free_port
 
 from connectors.coap.transport import CoapTransport
 from connectors.parsers.sensor_config_parser import request_tag
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import CoapSettings
-from preservarium_pusher_api.devtools.coap_simulator import LossyRelay, SimulatedCoapSensor
-from preservarium_pusher_api.devtools.embedded_kafka import free_port
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector
 from tests.test_mqtt_end_to_end import poll_device

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from preservarium_pusher_api.contract import CommandMessage
+from preservarium_pusher_api.core.contract import CommandMessage
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import count_records, headers_of, read_records, value_of
 

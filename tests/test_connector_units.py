@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from connectors.dedupe import RecentRequests
-from connectors.delivery import resolve_policy
+from connectors.dispatcher import resolve_policy
 from connectors.errors import CommandRejected, ParserError
 from connectors.mqtt.transport import broker_address, check_topic, presence_from
 from connectors.offsets import PartitionOffsets
 from connectors.parsers import available_parsers, load_parser, parser_name
 from connectors.registry import DeviceEntry, DeviceRegistry, parse_registry
-from preservarium_pusher_api.contract import CommandMessage, DispatchPolicy, utc_now
+from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, utc_now
 
 pytestmark = pytest.mark.unit
 

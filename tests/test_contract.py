@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from preservarium_pusher_api.contract import (
+from preservarium_pusher_api.core.contract import (
     CancelMessage,
     CommandMessage,
     CommandStatus,
@@ -38,13 +38,16 @@ def test_golden_samples_round_trip(model: type, sample: str) -> None:
     assert json.loads(parsed.model_dump_json()) == raw
 
 
-def test_contract_module_imports_neither_fastapi_nor_aiokafka() -> None:
-    """Connectors can import the contract without the API's or Kafka client's code."""
+def test_shared_core_loads_neither_fastapi_nor_aiokafka_nor_the_api() -> None:
+    """Connectors can import the whole shared core without the API's or Kafka client's code."""
     code = (
-        "import sys, preservarium_pusher_api.contract as c; "
+        "import sys, pkgutil, importlib, preservarium_pusher_api.core as core; "
+        "[importlib.import_module('preservarium_pusher_api.core.' + m.name) "
+        "for m in pkgutil.iter_modules(core.__path__)]; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'aiokafka', "
-        "'starlette', 'preservarium_pusher_api') and m != 'preservarium_pusher_api' "
-        "and m != 'preservarium_pusher_api.contract'))"
+        "'starlette', 'sqlalchemy', 'preservarium_pusher_api', 'connectors') "
+        "and m != 'preservarium_pusher_api' "
+        "and not m.startswith('preservarium_pusher_api.core')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

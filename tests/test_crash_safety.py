@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pusher_dev.embedded_kafka import free_port
+from pusher_dev.mosquitto import PrivateMosquitto
+from pusher_dev.pico_simulator import SimulatedPico
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port
-from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
-from preservarium_pusher_api.devtools.pico_simulator import SimulatedPico
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import ConnectorProcess, mqtt_settings, running_connector, simulators
 

@@ -23,14 +23,15 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pusher_dev.embedded_kafka import free_port
 
 from connectors.http.transport import HttpTransport
 from connectors.registry import parse_registry
 from connectors.settings import CoapSettings, HttpSettings, MqttSettings
-from preservarium_pusher_api.cli import build_parser
-from preservarium_pusher_api.contract import DLQ_SUFFIX
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.devtools.embedded_kafka import free_port
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.contract import DLQ_SUFFIX
+from preservarium_pusher_api.core.settings import CoreSettings
+from pusher_cli.main import build_parser
 from tests.conftest import SettingsFactory, serve
 from tests.mqtt_helpers import running_connector
 
@@ -54,7 +55,7 @@ def pusher_services() -> dict[str, dict[str, Any]]:
     }
 
 
-def settings_class(command: list[str]) -> type[Settings]:
+def settings_class(command: list[str]) -> type[CoreSettings]:
     if command[0] == "connector":
         return CONNECTOR_SETTINGS[command[1]]
     return Settings
@@ -168,8 +169,8 @@ def test_registry_secrets_and_simulators_are_wired() -> None:
 
 def test_dockerfile_entry_commands_are_console_scripts() -> None:
     stages = re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, re.M)
-    assert stages == ["build", "runtime", "ot2-agent"]
-    runtime = DOCKERFILE.split("AS runtime")[1].split("AS ot2-agent")[0]
+    assert stages == ["build", "runtime", "demo", "ot2-agent"]
+    runtime = DOCKERFILE.split("AS runtime")[1].split("AS demo")[0]
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", runtime, re.M).group(1))  # type: ignore[union-attr]
     healthcheck = json.loads(re.search(r"CMD (\[.+\])", runtime).group(1))  # type: ignore[union-attr]
     assert entrypoint[0] in SCRIPTS and healthcheck[0] in SCRIPTS

@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+from pusher_dev.embedded_kafka import free_port
+from pusher_dev.ot2_agent import SimulatedOt2Agent
 
 from connectors.http.transport import HttpTransport
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import HttpSettings
-from preservarium_pusher_api.core.config import Settings
-from preservarium_pusher_api.devtools.embedded_kafka import free_port
-from preservarium_pusher_api.devtools.ot2_agent import SimulatedOt2Agent
+from preservarium_pusher_api.config import Settings
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector, settings_env
 from tests.test_mqtt_end_to_end import poll_device

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
+from pusher_dev.embedded_kafka import EmbeddedKafka, free_port
 
-from preservarium_pusher_api.devtools.embedded_kafka import EmbeddedKafka, free_port
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import read_records
 

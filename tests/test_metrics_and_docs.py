@@ -111,7 +111,7 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     from pathlib import Path
 
     import connectors.settings as connector_settings
-    from preservarium_pusher_api.core.config import Settings
+    from preservarium_pusher_api.config import Settings
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     table = readme[readme.index("## Configuration") :]

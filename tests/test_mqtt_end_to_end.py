@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from pusher_dev.mosquitto import PrivateMosquitto
 
 from connectors.runtime import ConnectorRuntime
-from preservarium_pusher_api.contract import CommandMessage, utc_now
-from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
+from preservarium_pusher_api.core.contract import CommandMessage, utc_now
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.kafka_helpers import headers_of, read_records
 from tests.mqtt_helpers import envelope, mqtt_listener, mqtt_settings, running_connector, simulators

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pusher_dev.embedded_kafka import free_port
+from pusher_dev.mosquitto import PrivateMosquitto
 
-from preservarium_pusher_api.devtools.embedded_kafka import free_port
-from preservarium_pusher_api.devtools.mosquitto import PrivateMosquitto
 from tests.conftest import SettingsFactory, command, serve
 from tests.mqtt_helpers import mqtt_settings, settings_env, simulators
 from tests.test_status_api import wait_status
@@ -49,7 +49,7 @@ async def test_pusher_connector_mqtt_process(
     )
     env = {**os.environ, **settings_env(settings), "LOG_FORMAT": "json"}
     argv = [
-        sys.executable, "-m", "preservarium_pusher_api.cli", "connector", "mqtt",
+        sys.executable, "-m", "pusher_cli", "connector", "mqtt",
         "--metrics-port", str(port), "--registry", str(registry),
     ]  # fmt: skip
     log_path = tmp_path / "connector.log"

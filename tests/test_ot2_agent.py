@@ -10,8 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from preservarium_pusher_api.devtools.ot2_agent import AGENT_DIR, SimulatedOt2Agent
+from pusher_dev.ot2_agent import AGENT_DIR, SimulatedOt2Agent
 
 sys.path.insert(0, str(AGENT_DIR))
 import ot2_agent

@@ -14,7 +14,7 @@ from connectors.errors import ParserError
 from connectors.parsers import available_parsers, json_parameters, load_parser
 from connectors.parsers import cbor_parameters as cbor_parser
 from connectors.parsers import sensor_config_parser as frames
-from preservarium_pusher_api.contract import CommandMessage, Protocol, utc_now
+from preservarium_pusher_api.core.contract import CommandMessage, Protocol, utc_now
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from preservarium_pusher_api.contract import CommandStatus, StatusEvent
-from preservarium_pusher_api.core.config import Settings
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import count_records, headers_of, read_records, value_of
 

@@ -10,15 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text
 
-from preservarium_pusher_api.contract import CommandStatus, StatusEvent
-from preservarium_pusher_api.core.exceptions import ConfigurationError
-from preservarium_pusher_api.services.status_store import (
+from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
+from preservarium_pusher_api.core.errors import ConfigurationError
+from preservarium_pusher_api.store import (
     InvalidCursorError,
     QueuedCommand,
     StatusStore,
-    schema_info,
 )
 
 pytestmark = pytest.mark.integration
@@ -194,13 +193,13 @@ async def test_listing_is_newest_first_with_keyset_pages(store: StatusStore) -> 
 
 async def test_one_owner_among_concurrent_idempotency_claims(store: StatusStore) -> None:
     claims = await asyncio.gather(
-        *(store.claim_idempotency_key("-", "key-1", "hash-a", 86400, 60) for _ in range(8))
+        *(store.idempotency_keys.claim("-", "key-1", "hash-a", 86400, 60) for _ in range(8))
     )
     assert sum(claim.owner for claim in claims) == 1
-    await store.complete_idempotency_key("-", "key-1", 202, {"request_id": "r"})
-    replay = await store.claim_idempotency_key("-", "key-1", "hash-a", 86400, 60)
+    await store.idempotency_keys.complete("-", "key-1", 202, {"request_id": "r"})
+    replay = await store.idempotency_keys.claim("-", "key-1", "hash-a", 86400, 60)
     assert (replay.owner, replay.state, replay.response) == (False, "done", {"request_id": "r"})
-    other_scope = await store.claim_idempotency_key("other", "key-1", "hash-b", 86400, 60)
+    other_scope = await store.idempotency_keys.claim("other", "key-1", "hash-b", 86400, 60)
     assert other_scope.owner
 
 
@@ -220,7 +219,7 @@ async def test_statuses_survive_a_restart_and_newer_schema_is_refused(
         assert (record.status, record.detail) == (CommandStatus.FAILED, "jammed")
         assert [h.status for h in record.history] == ["queued", "sent", "failed"]
         async with reopened.engine.begin() as conn:
-            await conn.execute(update(schema_info).values(version=99))
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     finally:
         await reopened.stop()
 

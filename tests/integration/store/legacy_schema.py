@@ -1,0 +1,91 @@
+"""The status store as versions before Alembic created it (schema version 2), frozen.
+
+Tests create a database with this and let the current service adopt it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+legacy = MetaData()
+
+Table(
+    "pusher_schema",
+    legacy,
+    Column("id", SmallInteger, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+Table(
+    "pusher_commands",
+    legacy,
+    Column("request_id", String(64), primary_key=True),
+    Column("device_id", String(128), nullable=False),
+    Column("protocol", String(8)),
+    Column("command_type", String(128)),
+    Column("status", String(16), nullable=False),
+    Column("status_rank", SmallInteger, nullable=False),
+    Column("detail", Text),
+    Column("result", JSON),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("timeout_seconds", Float),
+    Column("sent_at", Float),
+    Index("ix_pusher_commands_created", "created_at", "request_id"),
+    Index("ix_pusher_commands_device", "device_id", "created_at", "request_id"),
+    Index("ix_pusher_commands_status", "status", "created_at", "request_id"),
+    Index("ix_pusher_commands_expiry", "status_rank", "expires_at"),
+    Index("ix_pusher_commands_deadline", "status_rank", "sent_at"),
+)
+Table(
+    "pusher_command_history",
+    legacy,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("request_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("detail", String(500), nullable=False, server_default=""),
+    UniqueConstraint("request_id", "status", "source", "detail", name="uq_pusher_history_event"),
+    Index("ix_pusher_history_request", "request_id", "at"),
+)
+# Added by schema version 2.
+DEVICES = Table(
+    "pusher_devices",
+    legacy,
+    Column("device_id", String(128), primary_key=True),
+    Column("protocol", String(8)),
+    Column("online", Boolean),
+    Column("last_seen", Float, nullable=False),
+    Column("changed_at", Float),
+    Column("source", String(128)),
+    Column("detail", Text),
+)
+Table(
+    "pusher_idempotency",
+    legacy,
+    Column("scope", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("status_code", Integer),
+    Column("response", JSON),
+    Column("created_at", Float, nullable=False),
+    Index("ix_pusher_idempotency_created", "created_at"),
+)
