@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml devtools/pyproject.toml constraints.txt
 dev: $(STAMP)  ## embedded Kafka-compatible broker + API (ARGS="--api-port 8080")
 	$(BIN)/pusher dev $(ARGS)
 
-lint: $(STAMP)  ## ruff (format + lint) and mypy
+lint: $(STAMP)  ## ruff (format + lint), mypy and the import directions
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint  ## the whole suite, integration tests included
 	$(BIN)/pytest $(ARGS)

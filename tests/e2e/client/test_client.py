@@ -26,7 +26,7 @@ from tests.kafka_helpers import count_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LED = {"device_id": "pico-c1", "command_type": "control_led", "protocol": "mqtt"}
 
 

@@ -22,10 +22,9 @@ from connectors.coap.transport import CoapTransport
 from connectors.parsers.sensor_config_parser import request_tag
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import CoapSettings
+from tests.api_helpers import poll_device, wait_status
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector
-from tests.test_mqtt_end_to_end import poll_device
-from tests.test_status_api import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

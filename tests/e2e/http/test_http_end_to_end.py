@@ -26,17 +26,15 @@ from connectors.http.transport import HttpTransport
 from connectors.runtime import ConnectorRuntime
 from connectors.settings import HttpSettings
 from preservarium_pusher_api.config import Settings
+from tests.api_helpers import poll_device, wait_healthy, wait_status
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.mqtt_helpers import registry_settings, running_connector, settings_env
-from tests.test_mqtt_end_to_end import poll_device
-from tests.test_mqtt_process import wait_healthy
-from tests.test_status_api import wait_status
 
 pytestmark = pytest.mark.integration
 
 TOKEN_ENV = "PUSHER_TEST_OT2_TOKEN"
 TOKEN = "lab-token-" + uuid.uuid4().hex
-LAB_TASKS = str(Path(__file__).parent / "ot2" / "lab_tasks.py")
+LAB_TASKS = str(Path(__file__).parents[2] / "ot2" / "lab_tasks.py")
 
 
 @pytest.fixture(scope="module")

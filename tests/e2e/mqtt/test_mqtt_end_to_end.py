@@ -18,10 +18,10 @@ from pusher_dev.mosquitto import PrivateMosquitto
 
 from connectors.runtime import ConnectorRuntime
 from preservarium_pusher_api.core.contract import CommandMessage, utc_now
+from tests.api_helpers import poll_device, wait_status
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.kafka_helpers import headers_of, read_records
 from tests.mqtt_helpers import envelope, mqtt_listener, mqtt_settings, running_connector, simulators
-from tests.test_status_api import wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -82,19 +82,6 @@ async def test_device_presence_is_served_by_the_devices_api(stack: Stack) -> Non
         await poll_device(stack.api, "pico-presence", online=False)
     missing = await stack.api.client.get("/api/v1/devices/never-seen")
     assert missing.status_code == 404 and missing.json()["type"] == "DeviceNotFoundError"
-
-
-async def poll_device(api: LiveApi, device_id: str, online: bool, within: float = 10) -> Any:
-    deadline = time.monotonic() + within
-    body: Any = None
-    while time.monotonic() < deadline:
-        response = await api.client.get(f"/api/v1/devices/{device_id}")
-        if response.status_code == 200:
-            body = response.json()
-            if body["online"] is online:
-                return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{device_id} never became online={online}: {body}")
 
 
 async def test_task_error_and_unknown_task_end_failed_with_the_device_error(stack: Stack) -> None:

@@ -113,7 +113,7 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     import connectors.settings as connector_settings
     from preservarium_pusher_api.config import Settings
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     table = readme[readme.index("## Configuration") :]
     classes = [Settings, *vars(connector_settings).values()]
     names = {

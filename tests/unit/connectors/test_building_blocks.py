@@ -149,7 +149,7 @@ def test_default_envelope_is_exactly_the_original_design() -> None:
         "task": "control_led",
         "parameters": {"pin": 25, "state": True},
     }
-    fixture = Path(__file__).parent / "fixtures" / "mqtt_envelope.json"
+    fixture = Path(__file__).parents[2] / "fixtures" / "mqtt_envelope.json"
     assert json.loads(frame) == json.loads(fixture.read_text())
 
 

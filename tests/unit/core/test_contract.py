@@ -20,7 +20,7 @@ from preservarium_pusher_api.core.contract import (
 )
 
 pytestmark = pytest.mark.unit
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 
 
 @pytest.mark.parametrize(
