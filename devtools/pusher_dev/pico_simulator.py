@@ -36,7 +36,8 @@ from pusher_dev.pico_firmware import load_firmware
 log = get_logger(__name__)
 
 # Answers remembered so a repeated request_id is not run again (the board's
-# "recent_requests"; a board with more memory to spare).
+# "recent_requests"; a board with more memory to spare). 0 makes a board that runs every
+# command it is given, like a generic device: what tests of "never twice" need.
 RECENT_REQUESTS = 64
 
 
@@ -53,6 +54,7 @@ class SimulatedPico:
     seed: int | None = None
     username: str | None = None
     password: str | None = None
+    recent_requests: int = RECENT_REQUESTS
     executed: Counter[str] = field(default_factory=Counter)
     order: list[str] = field(default_factory=list)
     duplicates_absorbed: int = 0
@@ -73,7 +75,7 @@ class SimulatedPico:
         config = {
             "device_id": self.device_id,
             "topic_prefix": self.prefix,
-            "recent_requests": RECENT_REQUESTS,
+            "recent_requests": self.recent_requests,
         }
         self.device = firmware.device_class(config, self.tasks)
 
