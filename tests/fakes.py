@@ -133,7 +133,7 @@ class InMemoryKafka:
     """Stands in for the API's ``KafkaService``: acknowledges at once, keeps every record.
 
     ``hold`` leaves acknowledgements pending (a broker that does not answer);
-    ``refuse`` maps request_ids to the Kafka error their record gets.
+    ``refuse`` maps device ids (the record key) to the Kafka error their records get.
     """
 
     def __init__(self) -> None:
@@ -161,9 +161,9 @@ class InMemoryKafka:
         if not self.connected:
             raise map_kafka_error(KafkaError(), self.retry_after)
         ack: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        request_id = dict(record.headers).get("request_id", b"").decode()
-        if request_id in self.refuse:
-            ack.set_exception(self.refuse[request_id])
+        device_id = (record.key or b"").decode()
+        if device_id in self.refuse:
+            ack.set_exception(self.refuse[device_id])
             return ack
         self.records.append(record)
         if not self.hold:
