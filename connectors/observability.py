@@ -101,6 +101,13 @@ class ConnectorMetrics:
             ["protocol", "outcome"],
             registry=self.registry,
         )
+        self.rejected_messages = Counter(
+            "pusher_connector_rejected_messages",
+            "Device messages dropped unread: too_large, too_deep, not_utf8, bad_device_id, "
+            "bad_topic, invalid, error",
+            ["protocol", "reason"],
+            registry=self.registry,
+        )
         # Every series exists from the start (at 0), so dashboards and alerts see it.
         for outcome in ("delivered", "succeeded", "failed", "timed_out", "expired"):
             self.deliveries.labels(protocol, outcome)

@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from connectors.dedupe import RecentRequests
 from connectors.dispatcher import Dispatcher
+from connectors.ingress import Refusals
 from connectors.intake import RecordIntake
 from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics, health_app, serve_health
@@ -71,6 +72,7 @@ class ConnectorRuntime:
         self.protocol = transport.protocol.value
         self.group = group or settings.connector_group_id or group_id(self.protocol)
         self.metrics = ConnectorMetrics(self.protocol)
+        self.refusals = Refusals(self.metrics.rejected_messages, self.protocol)
         self.registry = DeviceRegistry(
             settings.device_registry_path, settings.registry_reload_seconds
         )
@@ -319,6 +321,10 @@ class ConnectorRuntime:
     def answer_invalid(self, device_id: str) -> None:
         """Count an answer the parser could not read."""
         self.metrics.device_answers.labels(self.protocol, "invalid").inc()
+
+    def message_refused(self, reason: str, topic: str, error: BaseException) -> None:
+        """Count a device message dropped unread; log the reason now and then."""
+        self.refusals.refused(reason, topic, error)
 
     def transport_state(self, connected: bool) -> None:
         """The transport (re)connected or lost its connection."""

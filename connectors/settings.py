@@ -46,6 +46,13 @@ class ConnectorSettings(CoreSettings):
     # re-delivered record is never sent twice.
     connector_dedupe_size: int = Field(100_000, ge=100)
     connector_state_dir: Path | None = Path("./connector-state")
+    # What a device may send: larger or deeper messages are refused unread and counted in
+    # pusher_connector_rejected_messages_total{reason}.
+    connector_max_message_bytes: int = Field(262_144, ge=1024, le=64 * 1024 * 1024)
+    connector_max_nesting: int = Field(64, ge=2, le=1000)
+    # A device result larger than this (as JSON) is recorded as a truncation marker: the
+    # command still ends, and the results topic never sees a record it would refuse.
+    max_result_bytes: int = Field(65_536, ge=256, le=8 * 1024 * 1024)
 
     @field_validator("default_timeout_seconds", mode="before")
     @classmethod

@@ -59,6 +59,9 @@ class DeviceEvents(Protocol):
     def answer_invalid(self, device_id: str) -> None:
         """A device sent something that is not an answer."""
 
+    def message_refused(self, reason: str, topic: str, error: BaseException) -> None:
+        """A device message was dropped unread (see ``connectors.ingress``)."""
+
     def device_online(self, device_id: str) -> bool | None:
         """What the device last said: True online, False offline, None never heard."""
 

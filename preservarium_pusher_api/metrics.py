@@ -82,6 +82,15 @@ class PusherMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.tracker_dropped = Counter(
+            "pusher_tracker_dropped_records",
+            "Records the tracker dropped: invalid (not the contract) or refused (the store "
+            "refused that record alone while it took the others).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("invalid", "refused"):
+            self.tracker_dropped.labels(reason)
         self.store_healthy = Gauge(
             "pusher_store_healthy",
             "1 when the last status store write succeeded, else 0.",

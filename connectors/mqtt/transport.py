@@ -18,16 +18,26 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from connectors.errors import CommandRejected, DeliveryUncertain, TransportUnavailable
+from connectors.ingress import (
+    MessageRefused,
+    check_depth,
+    check_device_id,
+    check_size,
+    check_utf8,
+)
 from connectors.registry import DeviceEntry
 from connectors.settings import MqttSettings
 from connectors.transport import Delivery, Receipt, Transport
 from preservarium_pusher_api.core.backoff import backoff_delay
-from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.core.contract import (
+    CommandMessage,
+    DispatchPolicy,
+    Protocol,
+    check_command_topic,
+)
 from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
-
-_TOPIC_MAX_LENGTH = 512
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:
@@ -40,23 +50,20 @@ def broker_address(url: str) -> tuple[str, int, bool]:
 
 
 def check_topic(topic: object) -> str:
-    """A topic a command may be published to: no wildcards, no ``$`` topics.
+    """A topic a command may be published to (see ``check_command_topic``).
 
     Raises:
         CommandRejected: the topic is not allowed.
     """
-    if not isinstance(topic, str) or not topic:
-        raise CommandRejected("metadata.topic must be a non-empty string")
-    if "+" in topic or "#" in topic:
-        raise CommandRejected("metadata.topic must not contain MQTT wildcards (+ or #)")
-    if topic.startswith("$") or "\x00" in topic or len(topic) > _TOPIC_MAX_LENGTH:
-        raise CommandRejected("metadata.topic is not a publishable topic")
-    return topic
+    try:
+        return check_command_topic(topic)
+    except ValueError as exc:
+        raise CommandRejected(f"metadata.topic {exc}") from None
 
 
-def presence_from(payload: bytes) -> bool | None:
+def presence_from(payload: str) -> bool | None:
     """``online``/``offline`` from a status message (plain text or ``{"status": …}``)."""
-    text = payload.decode("utf-8", errors="replace").strip()
+    text = payload.strip()
     if text.startswith("{"):
         try:
             text = str(json.loads(text).get("status", ""))
@@ -101,12 +108,28 @@ class MqttTransport(Transport):
         return self.events.device_online(device_id) is not False
 
     def target(self, command: CommandMessage, device: DeviceEntry | None) -> str:
-        """The command topic: ``metadata.topic``, the registry's, or the default."""
-        if "topic" in command.metadata:
-            return check_topic(command.metadata["topic"])
+        """The command topic: the registry's ``address.topic`` or ``{prefix}/{id}/command``;
+        ``metadata.topic`` only when the registry lists it in the device's
+        ``allowed_topics``, and never a topic in another device's namespace.
+
+        Raises:
+            CommandRejected: the topic is not one this command may be published to.
+        """
+        own = f"{self.prefix}/{command.device_id}/command"
         if device is not None and "topic" in device.address:
-            return check_topic(device.address["topic"])
-        return f"{self.prefix}/{command.device_id}/command"
+            own = check_topic(device.address["topic"])
+        requested = command.metadata.get("topic")
+        if requested is None or requested == own:
+            return own
+        topic = check_topic(requested)
+        if topic not in (device.allowed_topics if device is not None else ()):
+            raise CommandRejected(
+                "metadata.topic is not in this device's allowed_topics in the device registry"
+            )
+        levels = topic.split("/")
+        if len(levels) > 2 and levels[0] == self.prefix and levels[1] != command.device_id:
+            raise CommandRejected("metadata.topic is in another device's namespace")
+        return topic
 
     def submit(self, delivery: Delivery) -> Awaitable[Receipt]:
         """Start the publish now (tasks start in creation order, so order is kept)."""
@@ -208,25 +231,39 @@ class MqttTransport(Transport):
             )
 
     def _on_message(self, message: aiomqtt.Message) -> None:
+        """Read one device message. Whatever it holds, the reader goes on: a refused or
+        unreadable message is counted and dropped (``connectors.ingress``)."""
         topic = message.topic.value
-        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
-        device_id, _, kind = rest.rpartition("/")
-        if not device_id or "/" in device_id or self.events is None:
-            return
-        payload = message.payload if isinstance(message.payload, bytes) else b""
-        if kind == "status":
-            if payload:
-                self.events.device_presence(device_id, presence_from(payload), None)
-            return
-        if kind != "result":
+        if self.events is None:
             return
         try:
-            answer = self.events.device_parser(device_id).decode(payload)
+            self._read(topic, message.payload if isinstance(message.payload, bytes) else b"")
+        except MessageRefused as exc:
+            self.events.message_refused(exc.reason, topic, exc)
+        except Exception as exc:  # one message never stops the reader
+            self.events.message_refused("error", topic, exc)
+
+    def _read(self, topic: str, payload: bytes) -> None:
+        events = self.events
+        assert events is not None
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+        device_id, _, kind = rest.rpartition("/")
+        if kind not in ("status", "result") or not device_id or "/" in device_id:
+            raise MessageRefused("bad_topic", "not a device's result or status topic")
+        check_device_id(device_id)
+        check_size(payload, self.settings.connector_max_message_bytes)
+        if kind == "status":
+            if payload:  # an empty retained message clears the status: nothing to read
+                text = check_utf8(payload)
+                check_depth(payload, self.settings.connector_max_nesting)
+                events.device_presence(device_id, presence_from(text), None)
+            return
+        check_depth(payload, self.settings.connector_max_nesting)
+        try:
+            answer = events.device_parser(device_id).decode(payload)
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            self.events.answer_invalid(device_id)
-            log.warning("device answer not understood", device_id=device_id, error=str(exc)[:200])
-            return
+            events.answer_invalid(device_id)
+            raise MessageRefused("invalid", "not an answer the device's parser reads") from exc
         except CommandRejected as exc:
-            log.warning("device answer not decoded", device_id=device_id, error=exc.message)
-            return
-        self.events.device_answered(device_id, answer)
+            raise MessageRefused("invalid", exc.message) from exc
+        events.device_answered(device_id, answer)

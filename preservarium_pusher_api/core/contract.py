@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
 
 SCHEMA_VERSION: Final = 1
 
@@ -41,6 +48,13 @@ HEADER_DLQ_REASON: Final = "dlq-reason"
 # ("/", "+", "#"), no whitespace, no control characters.
 IDENTIFIER_MAX_LENGTH: Final = 128
 _FORBIDDEN_IDENTIFIER_CHARS = re.compile(r"[/+#\s\x00-\x1f\x7f-\x9f]")
+# Bounds of the other fields that reach the status store; they match its columns, so a
+# record that validates here is one the store (SQLite or PostgreSQL) accepts.
+REQUEST_ID_MAX_LENGTH: Final = 64
+SOURCE_MAX_LENGTH: Final = 128
+DETAIL_MAX_CHARS: Final = 500
+# Control characters other than tab and newline; PostgreSQL refuses NUL in text outright.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def dlq_topic(command_topic: str) -> str:
@@ -128,7 +142,91 @@ def _rfc3339(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def check_request_id(value: str) -> str:
+    """A request id: 1 to 64 characters, no whitespace or control characters.
+
+    Raises:
+        ValueError: the value breaks these rules.
+    """
+    if not value or len(value) > REQUEST_ID_MAX_LENGTH:
+        raise ValueError(f"must be 1 to {REQUEST_ID_MAX_LENGTH} characters")
+    if _FORBIDDEN_IDENTIFIER_CHARS.search(value):
+        raise ValueError("must not contain '/', '+', '#', whitespace or control characters")
+    return value
+
+
+COMMAND_TOPIC_MAX_LENGTH: Final = 256
+# Last topic levels on which devices speak: a command is never published to them.
+DEVICE_TOPIC_KINDS: Final = frozenset({"result", "status"})
+
+
+def check_command_topic(topic: object) -> str:
+    """An MQTT topic a command may name in ``metadata.topic``.
+
+    Only what can be told without the device registry: a topic, not a filter or a system
+    topic, and never a topic devices answer on. Which topics a device accepts is the
+    registry's ``allowed_topics``, checked by the MQTT connector.
+
+    Raises:
+        ValueError: the topic breaks these rules.
+    """
+    if not isinstance(topic, str) or not topic:
+        raise ValueError("must be a non-empty string")
+    if len(topic) > COMMAND_TOPIC_MAX_LENGTH:
+        raise ValueError(f"must be at most {COMMAND_TOPIC_MAX_LENGTH} characters")
+    if "+" in topic or "#" in topic:
+        raise ValueError("must not contain MQTT wildcards (+ or #)")
+    if topic.startswith("$") or _CONTROL_CHARS.search(topic) or "\t" in topic or "\n" in topic:
+        raise ValueError("must not start with '$' or contain control characters")
+    if topic.rsplit("/", 1)[-1] in DEVICE_TOPIC_KINDS:
+        raise ValueError("must not be a device's result or status topic")
+    return topic
+
+
+def clean_text(value: object, limit: int = DETAIL_MAX_CHARS) -> object:
+    """Text as the store keeps it: control characters (NUL included) removed, at most
+    ``limit`` characters. Anything that is not a string is left to the field's type."""
+    if isinstance(value, str):
+        return _CONTROL_CHARS.sub("", value)[:limit]
+    return value
+
+
+def _clean_source(value: object) -> object:
+    return clean_text(value, SOURCE_MAX_LENGTH)
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON value with NUL removed from every string and key (iteratively: the depth of
+    the value never matters)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if not isinstance(value, dict | list):
+        return value
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while stack:
+        parent, slot, node = stack.pop()
+        if isinstance(node, dict):
+            copy: dict[Any, Any] = {}
+            for key, item in node.items():
+                clean_key = key.replace("\x00", "") if isinstance(key, str) else key
+                copy[clean_key] = item
+                stack.append((copy, clean_key, item))
+            parent[slot] = copy
+        elif isinstance(node, list):
+            items = list(node)
+            parent[slot] = items
+            stack.extend((items, index, item) for index, item in enumerate(items))
+        elif isinstance(node, str):
+            parent[slot] = node.replace("\x00", "")
+    return root[0]
+
+
 Identifier = Annotated[str, AfterValidator(check_identifier)]
+RequestId = Annotated[str, AfterValidator(check_request_id)]
+Detail = Annotated[str, BeforeValidator(clean_text)]
+Source = Annotated[str, BeforeValidator(_clean_source), Field(min_length=1)]
+JsonResult = Annotated[Any, AfterValidator(clean_json)]
 UtcDateTime = Annotated[
     datetime, AfterValidator(_as_utc), PlainSerializer(_rfc3339, return_type=str, when_used="json")
 ]
@@ -149,7 +247,7 @@ class CommandMessage(_WireModel):
 
     schema_version: int = SCHEMA_VERSION
     kind: Literal[MessageKind.COMMAND] = MessageKind.COMMAND
-    request_id: str
+    request_id: RequestId
     device_id: Identifier
     command_type: Identifier
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -169,7 +267,7 @@ class CancelMessage(_WireModel):
 
     schema_version: int = SCHEMA_VERSION
     kind: Literal[MessageKind.CANCEL] = MessageKind.CANCEL
-    request_id: str
+    request_id: RequestId
     device_id: Identifier
 
 
@@ -177,13 +275,13 @@ class StatusEvent(_WireModel):
     """A status change on the results topic, keyed by ``request_id``."""
 
     schema_version: int = SCHEMA_VERSION
-    request_id: str
-    device_id: str
+    request_id: RequestId
+    device_id: Identifier
     status: CommandStatus
     occurred_at: UtcDateTime
-    source: str
-    detail: str | None = None
-    result: Any = None
+    source: Source
+    detail: Detail | None = None
+    result: JsonResult = None
 
 
 class DispatchPolicy(StrEnum):
@@ -198,12 +296,12 @@ class DevicePresence(_WireModel):
     """What a connector knows about a device being reachable, keyed by ``device_id``."""
 
     schema_version: int = SCHEMA_VERSION
-    device_id: str
+    device_id: Identifier
     protocol: Protocol
     online: bool | None = None
     last_seen: UtcDateTime
-    source: str
-    detail: str | None = None
+    source: Source
+    detail: Detail | None = None
 
 
 def command_headers(

@@ -38,6 +38,8 @@ log = get_logger(__name__)
 _MAX_BACKOFF_SECONDS = 5.0
 _Wire = TypeVar("_Wire", StatusEvent, DevicePresence)
 _PURGE_EVERY_SECONDS = 3600.0
+# Whole-batch failures in a row before records are tried one by one.
+_ISOLATE_AFTER_FAILURES = 2
 
 
 def decode_record(record: ConsumerRecord[bytes, bytes], model: type[_Wire]) -> _Wire | None:
@@ -154,10 +156,18 @@ class StatusTracker:
                 for item in (decode_record(record, DevicePresence) for record in records)
                 if item is not None
             ]
+            invalid = (
+                sum(len(records) for records in batches.values()) - len(events) - len(presence)
+            )
+            if invalid:
+                self._metrics.tracker_dropped.labels("invalid").inc(invalid)
             started = time.perf_counter()
             try:
-                transitions = await self._store.apply_events(events)
-                await self._devices.apply_presence(presence)
+                if failures >= _ISOLATE_AFTER_FAILURES:
+                    transitions = await self._apply_one_by_one(events, presence)
+                else:
+                    transitions = await self._store.apply_events(events)
+                    await self._devices.apply_presence(presence)
             except Exception as exc:  # store down: re-read the same records later
                 failures += 1
                 self._metrics.store_healthy.set(0)
@@ -176,6 +186,39 @@ class StatusTracker:
             )
             self._record(transitions)
             await self._update_lag(consumer)
+
+    async def _apply_one_by_one(
+        self, events: list[StatusEvent], presence: list[DevicePresence]
+    ) -> list[Transition]:
+        """After repeated failures of a whole batch: each record in its own transaction.
+
+        A record the store refuses while it takes others is dropped (logged, counted) so
+        one bad record cannot hold the results topic; if it takes none, the store is down
+        and the error is raised for the batch to be read again.
+        """
+        transitions: list[Transition] = []
+        refused: list[tuple[str, Exception]] = []
+        taken = 0
+        for event in events:
+            try:
+                transitions += await self._store.apply_events([event])
+                taken += 1
+            except Exception as exc:  # this record alone, or the store
+                refused.append((event.request_id, exc))
+        for item in presence:
+            try:
+                await self._devices.apply_presence([item])
+                taken += 1
+            except Exception as exc:  # this record alone, or the store
+                refused.append((item.device_id, exc))
+        if refused and not taken:
+            raise refused[0][1]
+        for key, error in refused:
+            self._metrics.tracker_dropped.labels("refused").inc()
+            log.error(
+                "record dropped: the status store refuses it", key=key, error=type(error).__name__
+            )
+        return transitions
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         lag = 0

@@ -7,8 +7,6 @@ same SQL on SQLite and PostgreSQL. A change here goes with a new revision under
 
 from __future__ import annotations
 
-from typing import Final
-
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -25,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-DETAIL_MAX_CHARS: Final = 500
+from preservarium_pusher_api.core.contract import DETAIL_MAX_CHARS
 
 metadata = MetaData()
 
