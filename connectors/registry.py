@@ -28,7 +28,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from preservarium_pusher_api.core.contract import DispatchPolicy, Protocol, check_identifier
+from preservarium_pusher_api.core.contract import (
+    DispatchPolicy,
+    Protocol,
+    check_command_topic,
+    check_identifier,
+)
 from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +52,15 @@ class DeviceEntry(BaseModel):
     dispatch: DispatchPolicy | None = None
     timeout_seconds: float | None = Field(None, gt=0)
     credentials: str | None = None
+    # MQTT: topics a command may name in metadata.topic besides the device's own.
+    allowed_topics: tuple[str, ...] = ()
+
+    @field_validator("allowed_topics")
+    @classmethod
+    def _allowed_topics_are_command_topics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for topic in value:
+            check_command_topic(topic)
+        return value
 
     def secret(self) -> str | None:
         """The credential the reference names: an env var, else a file in CREDENTIALS_DIR.

@@ -19,14 +19,19 @@ from pydantic import (
     field_validator,
 )
 
-from preservarium_pusher_api.core.contract import CommandStatus, Identifier, Protocol
+from preservarium_pusher_api.core.contract import (
+    CommandStatus,
+    DispatchPolicy,
+    Identifier,
+    Protocol,
+    check_command_topic,
+)
 
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 24 * 3600
 
 # A parser is named, never addressed by path: letters, digits, "_", "-", "." (no separators).
 _PARSER_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_MQTT_WILDCARDS = ("+", "#")
 
 _COMMAND_EXAMPLES: list[JsonValue] = [
     {
@@ -119,8 +124,14 @@ class CommandRequest(BaseModel):
         topic = (value or {}).get("topic")
         if topic is not None:
             _require_protocol(topic, info, Protocol.MQTT, "'metadata.topic'")
-            if not isinstance(topic, str) or not topic or any(c in topic for c in _MQTT_WILDCARDS):
-                raise ValueError("'topic' must be a non-empty MQTT topic without '+' or '#'")
+            try:
+                check_command_topic(topic)
+            except ValueError as exc:
+                raise ValueError(f"'metadata.topic' {exc}") from None
+        dispatch = (value or {}).get("dispatch")
+        if dispatch is not None and dispatch not in {policy.value for policy in DispatchPolicy}:
+            choices = ", ".join(policy.value for policy in DispatchPolicy)
+            raise ValueError(f"'metadata.dispatch' must be one of {choices}")
         return value
 
 

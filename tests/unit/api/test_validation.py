@@ -60,6 +60,12 @@ INVALID_COMMANDS: list[tuple[str, dict[str, Any], str]] = [
     ("confirmable on mqtt", command(confirmable=True), "confirmable"),
     ("parser given as a path", command(parser_script_ref="../../etc/passwd"), "parser_script_ref"),
     ("topic override with wildcard", command(metadata={"topic": "lab/+/cmd"}), "metadata"),
+    ("topic is a result topic", command(metadata={"topic": "lab/pico-2/result"}), "metadata"),
+    ("topic is a status topic", command(metadata={"topic": "lab/pico-2/status"}), "metadata"),
+    ("topic is a system topic", command(metadata={"topic": "$SYS/broker"}), "metadata"),
+    ("topic with a NUL", command(metadata={"topic": "lab/a\u0000b"}), "metadata"),
+    ("topic too long", command(metadata={"topic": "t/" * 200}), "metadata"),
+    ("dispatch not a policy", command(metadata={"dispatch": "whenever"}), "metadata"),
     ("ttl not positive", command(ttl_seconds=0), "ttl_seconds"),
 ]
 

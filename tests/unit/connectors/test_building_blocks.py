@@ -12,10 +12,11 @@ import pytest
 from connectors.dedupe import RecentRequests
 from connectors.dispatcher import resolve_policy
 from connectors.errors import CommandRejected, ParserError
-from connectors.mqtt.transport import broker_address, check_topic, presence_from
+from connectors.mqtt.transport import MqttTransport, broker_address, check_topic, presence_from
 from connectors.offsets import PartitionOffsets
 from connectors.parsers import available_parsers, load_parser, parser_name
 from connectors.registry import DeviceEntry, DeviceRegistry, parse_registry
+from connectors.settings import MqttSettings
 from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, utc_now
 
 pytestmark = pytest.mark.unit
@@ -166,13 +167,21 @@ def test_device_answers_decode_to_results_and_errors() -> None:
 
 
 def test_dispatch_policy_precedence() -> None:
-    """metadata.dispatch beats the registry, which beats the default; nonsense is rejected."""
+    """The registry beats the default; metadata.dispatch may only make it stricter
+    (burst → on_ack → on_result); nonsense is rejected."""
     device = DeviceEntry(protocol="mqtt", dispatch="on_result")
     default = DispatchPolicy.ON_ACK
     assert resolve_policy(make_command(), None, default) is DispatchPolicy.ON_ACK
     assert resolve_policy(make_command(), device, default) is DispatchPolicy.ON_RESULT
     burst = make_command(metadata={"dispatch": "burst"})
-    assert resolve_policy(burst, device, default) is DispatchPolicy.BURST
+    assert resolve_policy(burst, device, default) is DispatchPolicy.ON_RESULT
+    assert resolve_policy(burst, None, default) is DispatchPolicy.ON_ACK
+    stricter = make_command(metadata={"dispatch": "on_result"})
+    assert resolve_policy(stricter, None, default) is DispatchPolicy.ON_RESULT
+    relaxed = DeviceEntry(protocol="mqtt", dispatch="burst")
+    assert resolve_policy(make_command(metadata={"dispatch": "on_ack"}), relaxed, default) is (
+        DispatchPolicy.ON_ACK
+    )
     with pytest.raises(CommandRejected):
         resolve_policy(make_command(metadata={"dispatch": "whenever"}), device, default)
 
@@ -183,9 +192,12 @@ def test_mqtt_topics_presence_and_broker_urls() -> None:
     for topic in ("lab/+/command", "lab/#", "$SYS/x", "", 5):
         with pytest.raises(CommandRejected):
             check_topic(topic)
-    assert presence_from(b'{"status": "online"}') is True
-    assert presence_from(b"offline") is False
-    assert presence_from(b"maybe") is None
+    for topic in ("lab/other/result", "lab/other/status"):
+        with pytest.raises(CommandRejected, match="result or status"):
+            check_topic(topic)
+    assert presence_from('{"status": "online"}') is True
+    assert presence_from("offline") is False
+    assert presence_from("maybe") is None
     assert broker_address("mqtt://broker:1884") == ("broker", 1884, False)
     assert broker_address("mqtts://broker") == ("broker", 8883, True)
 
@@ -247,3 +259,32 @@ def test_http_target_comes_only_from_a_valid_registry_address(
         transport.target(command, missing)
     good = DeviceEntry(protocol="http", address={"base_url": "https://robot:31960/"})
     assert transport.target(command, good).url == "https://robot:31960/execute/home"
+
+
+def test_metadata_topic_only_from_the_registry_and_never_another_device() -> None:
+    """metadata.topic is published to only when the registry lists it for the device."""
+    transport = MqttTransport(MqttSettings(_env_file=None, mqtt_topic_prefix="lab"))  # type: ignore[call-arg]
+    plain = DeviceEntry(protocol="mqtt")
+    listed = DeviceEntry(
+        protocol="mqtt", allowed_topics=("lab/pico-1/display", "lab/pico-2/command", "bench/all")
+    )
+
+    def target(topic: str | None, device: DeviceEntry | None) -> str:
+        metadata = {} if topic is None else {"topic": topic}
+        return transport.target(make_command(device_id="pico-1", metadata=metadata), device)
+
+    assert target(None, None) == "lab/pico-1/command"
+    assert target("lab/pico-1/command", None) == "lab/pico-1/command"
+    assert target("lab/pico-1/display", listed) == "lab/pico-1/display"
+    assert target("bench/all", listed) == "bench/all"
+    for topic, device in (
+        ("lab/pico-1/display", None),
+        ("lab/pico-1/display", plain),
+        ("lab/pico-2/command", None),
+        ("lab/pico-2/command", listed),  # listed, yet another device's namespace
+        ("lab/pico-2/result", listed),
+    ):
+        with pytest.raises(CommandRejected):
+            target(topic, device)
+    with pytest.raises(ValueError, match="result or status"):
+        DeviceEntry(protocol="mqtt", allowed_topics=("lab/pico-1/result",))
