@@ -129,11 +129,27 @@ class Dispatcher:
             return
         if policy is DispatchPolicy.BURST:
             if await self._hold(work, delivery):
-                task = asyncio.create_task(self._send(work, delivery, policy))
+                task = asyncio.create_task(self._send_guarded(work, delivery, policy))
                 task.add_done_callback(_log_failure)
             return
         if await self._hold(work, delivery):
             await self._send(work, delivery, policy)
+
+    async def _send_guarded(self, work: Work, delivery: Delivery, policy: DispatchPolicy) -> None:
+        """``_send`` on its own task (burst): an unexpected error ends the command ``failed``
+        with the reason and frees its offset, as a lane does for its head command."""
+        try:
+            await self._send(work, delivery, policy)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the command (and its offset) pending
+            log.exception(
+                "command delivery failed",
+                request_id=work.command.request_id,
+                device_id=work.command.device_id,
+                error=type(exc).__name__,
+            )
+            await self.fail(work, f"connector error: {type(exc).__name__}")
 
     def _prepare(
         self, command: CommandMessage, traceparent: str | None = None
@@ -415,13 +431,14 @@ class Dispatcher:
         self._done(work)
 
     async def fail(self, work: Work, detail: str) -> None:
-        """End a command after an unexpected error; never sends it again."""
+        """End a command ``failed`` after an unexpected error and free its offset; it is
+        never sent again (if it reached the device, a late answer no longer counts)."""
         if work.stage is Stage.DONE:
             return
-        if work.stage is Stage.WAITING:
-            await self._terminal(work, CommandStatus.FAILED, detail)
-        else:
-            self._done(work)  # it may have reached the device: its answer or deadline ends it
+        pending = self.pending.pop(work.command.request_id, None)
+        if pending is not None and pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(None)  # an on_result lane waiting on it goes on
+        await self._terminal(work, CommandStatus.FAILED, detail)
 
     def _done(self, work: Work) -> None:
         work.stage = Stage.DONE

@@ -21,6 +21,7 @@ from connectors.settings import CoapSettings, ConnectorSettings, HttpSettings, M
 from connectors.transport import Transport
 from preservarium_pusher_api.core.errors import ConfigurationError
 from preservarium_pusher_api.core.logging import configure_logging, get_logger
+from preservarium_pusher_api.core.supervision import TaskDied
 
 log = get_logger(__name__)
 
@@ -87,4 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"pusher connector {args.protocol}: {exc.message}", file=sys.stderr)
         return 2
+    except TaskDied as exc:  # logged with its exception; a supervisor restarts the process
+        print(f"pusher connector {args.protocol}: {exc}", file=sys.stderr)
+        return 1
     return 0

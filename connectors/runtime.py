@@ -35,6 +35,7 @@ from connectors.work import Stage, Work
 from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.kafka import consumer_options
 from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.core.supervision import check_alive, run_supervised
 
 log = get_logger(__name__)
 
@@ -124,7 +125,12 @@ class ConnectorRuntime:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Run until ``stop()``; returns after a graceful shutdown."""
+        """Run until ``stop()``; returns after a graceful shutdown.
+
+        Raises:
+            TaskDied: a helper task (transport, registry watch, deadlines, commits) ended;
+                the process exits non-zero to be restarted (crash-only).
+        """
         self.registry.load()
         app = health_app(self.metrics, self.health)
         async with serve_health(
@@ -138,7 +144,7 @@ class ConnectorRuntime:
                 asyncio.create_task(self._reap_forever(), name="deadlines"),
             ]
             try:
-                await self._consume_forever()
+                await run_supervised(self._consume_forever(), helpers)
             finally:
                 await self._shutdown(helpers)
 
@@ -214,6 +220,7 @@ class ConnectorRuntime:
         last_lag = 0.0
         try:
             while not self._stopping.is_set():
+                check_alive([committer])
                 self._apply_backpressure(consumer)
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
                 self.consuming.set()

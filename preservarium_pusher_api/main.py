@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +24,7 @@ from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, Requ
 from preservarium_pusher_api.api.router import build_api_router
 from preservarium_pusher_api.config import Settings, split_csv
 from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.core.supervision import TaskDied, check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.services.commands import CommandService
 from preservarium_pusher_api.services.idempotency import IdempotencyService
@@ -85,6 +88,19 @@ def build_status(settings: Settings, metrics: PusherMetrics) -> StatusComponents
     )
 
 
+async def watch_background(app: FastAPI, tasks: list[asyncio.Task[None]]) -> None:
+    """Crash-only: when a background task of the API ends, it is logged with its exception
+    and the process is stopped (SIGTERM to itself, graceful), ``pusher api`` exiting 1."""
+    if not tasks:
+        return
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        check_alive(tasks)
+    except TaskDied as exc:
+        app.state.died = exc
+        signal.raise_signal(signal.SIGTERM)
+
+
 def create_app(settings: Settings | None = None, *, kafka: KafkaService | None = None) -> FastAPI:
     """Build the API; services start and stop with the app's lifespan.
 
@@ -122,6 +138,12 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
             if tracker is not None:
                 await tracker.start()
                 stack.push_async_callback(tracker.stop)
+            background = [*kafka.tasks(), *(tracker.tasks() if tracker else [])]
+            if status is not None:
+                background += status.writer.tasks()
+            # Registered last, so it is cancelled first: stopping the services is no death.
+            watchdog = asyncio.create_task(watch_background(app, background), name="watchdog")
+            stack.callback(watchdog.cancel)
             yield
 
     app = FastAPI(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.errors import ConfigurationError
 from preservarium_pusher_api.core.logging import configure_logging
+from preservarium_pusher_api.core.supervision import TaskDied
 
 FACTORY = "preservarium_pusher_api.main:create_app"
 
@@ -47,6 +48,10 @@ def serve_api(settings: Settings, workers: int = 1) -> int:
         print(f"pusher api: configuration error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, **options)  # type: ignore[arg-type]
+    died = getattr(app.state, "died", None)
+    if died is not None:  # a background task ended: stopped on purpose, restart wanted
+        print(f"pusher api: {died}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -66,6 +71,9 @@ def serve_tracker(settings: Settings) -> int:
     except ConfigurationError as exc:
         print(f"pusher tracker: configuration error: {exc}", file=sys.stderr)
         return 2
+    except TaskDied as exc:  # logged with its exception; a supervisor restarts the process
+        print(f"pusher tracker: {exc}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0

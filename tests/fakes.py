@@ -151,6 +151,10 @@ class InMemoryKafka:
     async def stop(self) -> None:
         """Nothing to close."""
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """No background tasks."""
+        return []
+
     async def wait_connected(self) -> None:
         await self._reachable.wait()
 

@@ -81,6 +81,10 @@ class KafkaService:
         """Start the supervisor; returns at once, Kafka may still be unreachable."""
         self._supervisor = asyncio.create_task(self._supervise(), name="kafka-supervisor")
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Long-lived tasks to supervise."""
+        return [self._supervisor] if self._supervisor is not None else []
+
     async def stop(self) -> None:
         """Stop probing, flush what is buffered and close the producer."""
         if self._supervisor is not None:

@@ -66,6 +66,10 @@ class QueuedWriter:
         """Start the background flusher."""
         self._task = asyncio.create_task(self._run(), name="queued-writer")
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Long-lived tasks to supervise."""
+        return [self._task] if self._task is not None else []
+
     async def stop(self) -> None:
         """Write what is pending, then stop."""
         if self._task is not None:

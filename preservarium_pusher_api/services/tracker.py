@@ -30,6 +30,7 @@ from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.contract import DevicePresence, StatusEvent
 from preservarium_pusher_api.core.kafka import consumer_options
 from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.core.supervision import check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.store import StatusStore, Transition
 
@@ -100,11 +101,14 @@ class StatusTracker:
                     await task
         self._tasks = []
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Long-lived tasks to supervise."""
+        return list(self._tasks)
+
     async def wait(self) -> None:
-        """Return when a loop ends (only on an unexpected error; it is raised)."""
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
+        """Return when a loop ends: only on an unexpected error, raised as TaskDied."""
+        await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        check_alive(self._tasks)
 
     # -- results topic ---------------------------------------------------------------
 

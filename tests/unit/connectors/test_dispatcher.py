@@ -357,6 +357,24 @@ async def test_burst_does_not_wait_for_a_slow_acknowledgement() -> None:
     await b.settle(first, second)
 
 
+@pytest.mark.parametrize("policy", [DispatchPolicy.BURST, DispatchPolicy.ON_RESULT])
+async def test_a_delivery_that_raises_ends_failed_and_frees_its_offset(
+    policy: DispatchPolicy,
+) -> None:
+    """An unexpected error in a delivery (a bug, not a transport outcome) ends the command
+    failed with the reason, frees its offset, and the device's next command still goes."""
+    b = bench(FakeTransport(default_dispatch=policy).then(RuntimeError("bug")))
+    lane = DeviceLane("pico-1", b.dispatcher, lambda _device: None)
+    broken, after = b.work(), b.work(timeout_seconds=0.2)
+    lane.add(broken)
+    lane.add(after)
+    await b.settle(broken)
+    assert b.event(broken.command.request_id, "failed")["detail"] == "connector error: RuntimeError"
+    assert broken in b.finished
+    await b.settle(after, within=3)
+    assert b.transport.request_ids() == [broken.command.request_id, after.command.request_id]
+
+
 async def test_answer_from_another_device_does_not_settle_the_command() -> None:
     """A device cannot answer for another device's pending command."""
     b = bench(FakeTransport().then(DeliveryUncertain("no ack")))
