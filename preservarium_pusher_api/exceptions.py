@@ -17,6 +17,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from preservarium_pusher_api.core.errors import ConfigurationError, PusherError
 
 __all__ = [
@@ -42,6 +45,21 @@ class KafkaUnavailableError(PusherError):
     """Kafka did not acknowledge in time or cannot be reached; nothing was accepted."""
 
     retriable = True
+
+
+class OutcomeUnknownError(KafkaUnavailableError):
+    """Kafka did not acknowledge in time, but the record was handed to the producer: it may
+    still land. ``outcome`` resolves to the answer once Kafka acknowledges (or raises the
+    error once it refuses). Answered like KafkaUnavailableError (503, Retry-After)."""
+
+    def __init__(self, message: str, outcome: asyncio.Future[Any], retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.outcome = outcome
+
+    @property
+    def error_type(self) -> str:
+        """Clients see the same type as for any unavailable Kafka."""
+        return KafkaUnavailableError.__name__
 
 
 class CommandRejectedError(PusherError):

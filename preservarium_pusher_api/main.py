@@ -84,6 +84,7 @@ def build_status(settings: Settings, metrics: PusherMetrics) -> StatusComponents
             store.idempotency_keys,
             settings.idempotency_ttl_seconds,
             settings.kafka_producer_timeout,
+            max(settings.kafka_request_timeout, settings.kafka_producer_timeout),
         ),
     )
 
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
                 stack.push_async_callback(status.store.stop)
                 status.writer.start()
                 stack.push_async_callback(status.writer.stop)
+                stack.push_async_callback(status.idempotency.stop)
                 log.info("status store ready", url=status.store.describe())
             await kafka.start()
             stack.push_async_callback(kafka.stop)

@@ -101,10 +101,15 @@ class ChildProcess:
 class EmbeddedKafka(ChildProcess):
     """A tansu broker process on ``host:port``; use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None
+    ) -> None:
+        """A broker on ``host:port`` (a free port by default) that tells clients to connect
+        to ``advertised_port`` instead when given (a proxy in front of it, in tests)."""
         super().__init__()
         self.host = host
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         handle, name = tempfile.mkstemp(prefix="embedded-kafka-", suffix=".log")
         os.close(handle)
         self._log_path = Path(name)
@@ -130,6 +135,7 @@ class EmbeddedKafka(ChildProcess):
             RuntimeError: the broker exited or did not listen in time (its log is included).
         """
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         with self._log_path.open("ab") as log_file:
             self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
                 [
@@ -138,7 +144,7 @@ class EmbeddedKafka(ChildProcess):
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

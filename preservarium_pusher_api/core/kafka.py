@@ -13,7 +13,9 @@ def connection_options(settings: CoreSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": settings.kafka_client_id,
-        "request_timeout_ms": int(settings.kafka_producer_timeout * 1000),
+        "request_timeout_ms": int(
+            max(settings.kafka_request_timeout, settings.kafka_producer_timeout) * 1000
+        ),
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):

@@ -37,6 +37,10 @@ class CoreSettings(BaseSettings):
     kafka_result_topic: str = DEFAULT_RESULT_TOPIC
     kafka_presence_topic: str = DEFAULT_PRESENCE_TOPIC
     kafka_producer_timeout: float = Field(10.0, gt=0, le=300)
+    # How long the Kafka client itself waits for a broker's response before giving up on a
+    # request. Longer than KAFKA_PRODUCER_TIMEOUT (never shorter: the larger one is used),
+    # so a record whose acknowledgement is late still settles instead of being sent again.
+    kafka_request_timeout: float = Field(30.0, gt=0, le=600)
     kafka_enable_idempotence: bool = True
     kafka_client_id: str = "preservarium-pusher-api"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -9,6 +9,7 @@ and owns the cancel sequence (check the status, produce the cancel record, note 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,6 +56,16 @@ SERVICE_NAME = "preservarium-pusher-api"
 # keys have always been recorded under, so keys stored by earlier versions still replay.
 SUBMIT_OPERATION = "/api/v1/commands"
 BATCH_OPERATION = "/api/v1/commands/batch"
+
+
+def item_request_ids(bound: str, count: int) -> list[str]:
+    """Request ids of a batch's items, derived from the id bound to its Idempotency-Key:
+    the same on every attempt, distinct per item."""
+    try:
+        base = uuid.UUID(bound)
+    except ValueError:
+        base = uuid.uuid5(uuid.NAMESPACE_URL, bound)
+    return [str(uuid.uuid5(base, str(index))) for index in range(count)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +115,8 @@ class CommandService:
         if idempotency is None:
             return await self.producer.push_command(request, traceparent)
 
-        async def produce() -> tuple[int, Any]:
-            accepted = await self.producer.push_command(request, traceparent)
+        async def produce(request_id: str) -> tuple[int, Any]:
+            accepted = await self.producer.push_command(request, traceparent, request_id)
             return 202, accepted.model_dump(mode="json")
 
         return await self._once(
@@ -133,8 +144,9 @@ class CommandService:
         if idempotency is None:
             return await self.producer.push_commands_batch(batch.commands, traceparent)
 
-        async def produce() -> tuple[int, Any]:
-            answer = await self.producer.push_commands_batch(batch.commands, traceparent)
+        async def produce(request_id: str) -> tuple[int, Any]:
+            ids = item_request_ids(request_id, len(batch.commands))
+            answer = await self.producer.push_commands_batch(batch.commands, traceparent, ids)
             return 202, answer.model_dump(mode="json")
 
         return await self._once(
@@ -222,7 +234,7 @@ class CommandService:
         idempotency: IdempotencyKey,
         operation: str,
         body: Any,
-        produce: Callable[[], Awaitable[tuple[int, Any]]],
+        produce: Callable[[str], Awaitable[tuple[int, Any]]],
     ) -> StoredAnswer:
         claims = self._require_status().idempotency
         fingerprint = request_fingerprint(operation, body)

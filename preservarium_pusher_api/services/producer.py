@@ -30,6 +30,7 @@ from preservarium_pusher_api.core.contract import (
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.exceptions import (
     KafkaUnavailableError,
+    OutcomeUnknownError,
     PayloadTooLargeError,
     PusherError,
 )
@@ -126,16 +127,23 @@ class CommandProducer:
         )
 
     async def push_command(
-        self, request: CommandRequest, traceparent: str | None = None
+        self,
+        request: CommandRequest,
+        traceparent: str | None = None,
+        request_id: str | None = None,
     ) -> CommandResponse:
-        """Produce one command and wait for Kafka's acknowledgement.
+        """Produce one command (as ``request_id`` when given) and wait for Kafka's
+        acknowledgement.
 
         Raises:
             PayloadTooLargeError, KafkaUnavailableError, CommandRejectedError.
+            OutcomeUnknownError: handed to the producer but not acknowledged in time; its
+                ``outcome`` gives the answer once Kafka decides.
         """
         self.check_payload_sizes([request])
-        message = self._message(request, str(uuid.uuid4()))
+        message = self._message(request, request_id or str(uuid.uuid4()))
         started = time.perf_counter()
+        future: asyncio.Future[RecordMetadata] | None = None
         try:
             async with asyncio.timeout(self._settings.kafka_producer_timeout):
                 future = await self._kafka.enqueue(self._record(message, traceparent))
@@ -144,22 +152,56 @@ class CommandProducer:
         except PusherError as error:
             self._count(message, error)
             raise
-        except (KafkaError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            failure = self._failure(exc)
+            self._count(message, failure)
+            if future is None:
+                raise failure from exc
+            outcome = asyncio.ensure_future(self._late_answer(message, future, started))
+            raise OutcomeUnknownError(
+                "Kafka did not acknowledge in time; the command may still be accepted",
+                outcome,
+                retry_after=self._kafka.retry_after,
+            ) from exc
+        except KafkaError as exc:
             failure = self._failure(exc)
             self._count(message, failure)
             raise failure from exc
+        return self._accept_one(message, metadata, started)
+
+    def _accept_one(
+        self, message: CommandMessage, metadata: RecordMetadata, started: float
+    ) -> CommandResponse:
         accepted = self._accepted(message, metadata, time.perf_counter() - started)
         if self._writer is not None:
             self._writer.record([queued_from_message(message)])
         return accepted
 
+    async def _late_answer(
+        self, message: CommandMessage, future: asyncio.Future[RecordMetadata], started: float
+    ) -> CommandResponse:
+        """The answer a slow acknowledgement finally gives (the producer's own request
+        timeout bounds the wait)."""
+        try:
+            metadata = await future
+        except (KafkaError, TimeoutError) as exc:
+            raise self._failure(exc) from exc
+        log.info("late acknowledgement", request_id=message.request_id)
+        return self._accept_one(message, metadata, started)
+
     async def push_commands_batch(
-        self, requests: Sequence[CommandRequest], traceparent: str | None = None
+        self,
+        requests: Sequence[CommandRequest],
+        traceparent: str | None = None,
+        request_ids: Sequence[str] | None = None,
     ) -> BatchCommandResponse:
         """Produce every command first, then await all acknowledgements together.
 
         Items Kafka refuses are reported failed; the others are accepted. If Kafka is
         known to be down, nothing is produced and ``KafkaUnavailableError`` is raised.
+        With ``request_ids`` (an Idempotency-Key's), items handed over but unacknowledged
+        at the deadline are not reported failed: ``OutcomeUnknownError`` is raised, whose
+        ``outcome`` gives the whole answer once Kafka has decided on each.
         """
         self.check_payload_sizes(requests)
         self._metrics.batch_size.observe(len(requests))
@@ -169,7 +211,7 @@ class CommandProducer:
             )
         started = time.perf_counter()
         deadline = started + self._settings.kafka_producer_timeout
-        ids = new_request_ids(len(requests))
+        ids = list(request_ids) if request_ids is not None else new_request_ids(len(requests))
         messages = [self._message(request, rid) for request, rid in zip(requests, ids, strict=True)]
         pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
         try:
@@ -183,6 +225,31 @@ class CommandProducer:
         futures = [item for item in pending if isinstance(item, asyncio.Future)]
         if futures:
             await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.001))
+        if request_ids is not None and not all(future.done() for future in futures):
+            outcome = asyncio.ensure_future(self._late_batch(messages, pending, futures, started))
+            raise OutcomeUnknownError(
+                "Kafka did not acknowledge every command in time; they may still be accepted",
+                outcome,
+                retry_after=self._kafka.retry_after,
+            )
+        return self._batch_answer(messages, pending, started)
+
+    async def _late_batch(
+        self,
+        messages: list[CommandMessage],
+        pending: list[asyncio.Future[RecordMetadata] | PusherError],
+        futures: list[asyncio.Future[RecordMetadata]],
+        started: float,
+    ) -> BatchCommandResponse:
+        await asyncio.wait(futures)  # the producer's own request timeout bounds this
+        return self._batch_answer(messages, pending, started)
+
+    def _batch_answer(
+        self,
+        messages: list[CommandMessage],
+        pending: list[asyncio.Future[RecordMetadata] | PusherError],
+        started: float,
+    ) -> BatchCommandResponse:
         results = [
             self._settle(message, item, started)
             for message, item in zip(messages, pending, strict=True)

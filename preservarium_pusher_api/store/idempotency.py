@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from preservarium_pusher_api.store.records import Claim
@@ -26,38 +26,65 @@ class IdempotencyKeys:
         self._insert = insert
 
     async def claim(
-        self, scope: str, key: str, request_hash: str, ttl_seconds: float, stale_seconds: float
+        self,
+        scope: str,
+        key: str,
+        request_hash: str,
+        ttl_seconds: float,
+        stale_seconds: float,
+        request_id: str,
     ) -> Claim:
-        """Claim ``key`` for a new request, or return what an earlier request left.
+        """Claim ``key`` for a new request bound to ``request_id``, or return what an
+        earlier request left.
 
         Exactly one of several concurrent claimants becomes the owner. A claim older than
-        ``ttl_seconds`` is forgotten; a pending claim older than ``stale_seconds`` (its
-        owner died) is taken over.
+        ``ttl_seconds`` is forgotten. A pending claim older than ``stale_seconds`` (its owner
+        died, or never learnt whether its record landed) is taken over with the request id
+        it was bound to, so producing again can only repeat that same request id.
         """
         now = time.time()
         async with self._engine.begin() as conn:
             await conn.execute(
                 delete(idempotency)
                 .where(idempotency.c.scope == scope, idempotency.c.key == key)
-                .where(
-                    or_(
-                        idempotency.c.created_at < now - ttl_seconds,
-                        and_(
-                            idempotency.c.state == "pending",
-                            idempotency.c.created_at < now - stale_seconds,
-                        ),
-                    )
-                )
+                .where(idempotency.c.created_at < now - ttl_seconds)
             )
+            taken_over = await conn.execute(
+                update(idempotency)
+                .where(
+                    idempotency.c.scope == scope,
+                    idempotency.c.key == key,
+                    idempotency.c.state == "pending",
+                    idempotency.c.request_hash == request_hash,
+                    idempotency.c.created_at < now - stale_seconds,
+                )
+                .values(created_at=now)
+                .returning(idempotency.c.request_id)
+            )
+            stale = taken_over.first()
+            if stale is not None:
+                return Claim(
+                    owner=True,
+                    request_hash=request_hash,
+                    state="pending",
+                    request_id=stale.request_id or request_id,
+                )
             inserted = await conn.execute(
                 self._insert(idempotency)
                 .values(
-                    scope=scope, key=key, request_hash=request_hash, state="pending", created_at=now
+                    scope=scope,
+                    key=key,
+                    request_hash=request_hash,
+                    state="pending",
+                    created_at=now,
+                    request_id=request_id,
                 )
                 .on_conflict_do_nothing()
             )
             if inserted.rowcount:
-                return Claim(owner=True, request_hash=request_hash, state="pending")
+                return Claim(
+                    owner=True, request_hash=request_hash, state="pending", request_id=request_id
+                )
             row = (
                 await conn.execute(
                     select(idempotency).where(
@@ -73,6 +100,7 @@ class IdempotencyKeys:
             state=row.state,
             status_code=row.status_code,
             response=row.response,
+            request_id=row.request_id,
         )
 
     async def complete(self, scope: str, key: str, status_code: int, response: Any) -> None:

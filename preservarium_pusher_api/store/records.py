@@ -106,6 +106,8 @@ class Claim:
     state: str
     status_code: int | None = None
     response: Any = None
+    # The request id bound to the key (the owner produces with it; None for old rows).
+    request_id: str | None = None
 
 
 class InvalidCursorError(ValueError):

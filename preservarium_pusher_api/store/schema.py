@@ -85,6 +85,8 @@ idempotency = Table(
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
     Column("state", String(8), nullable=False),  # "pending" | "done"
+    # Bound when the key is first claimed; every attempt under the key produces with it.
+    Column("request_id", String(64)),
     Column("status_code", Integer),
     Column("response", JSON),
     Column("created_at", Float, nullable=False),

@@ -95,7 +95,7 @@ async def test_pre_alembic_database_is_adopted_and_keeps_its_rows(
         assert record is not None
         assert (record.status, record.detail) == (CommandStatus.FAILED, "jammed")
         assert [entry.status for entry in record.history] == ["queued", "sent", "failed"]
-        claim = await store.idempotency_keys.claim("-", "key-1", "hash", 86400, 60)
+        claim = await store.idempotency_keys.claim("-", "key-1", "hash", 86400, 60, "rid-new")
         assert (claim.owner, claim.status_code) == (False, 202)
         await store.devices.apply_presence(
             [

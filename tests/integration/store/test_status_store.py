@@ -193,14 +193,37 @@ async def test_listing_is_newest_first_with_keyset_pages(store: StatusStore) -> 
 
 async def test_one_owner_among_concurrent_idempotency_claims(store: StatusStore) -> None:
     claims = await asyncio.gather(
-        *(store.idempotency_keys.claim("-", "key-1", "hash-a", 86400, 60) for _ in range(8))
+        *(
+            store.idempotency_keys.claim("-", "key-1", "hash-a", 86400, 60, str(uuid.uuid4()))
+            for _ in range(8)
+        )
     )
     assert sum(claim.owner for claim in claims) == 1
     await store.idempotency_keys.complete("-", "key-1", 202, {"request_id": "r"})
-    replay = await store.idempotency_keys.claim("-", "key-1", "hash-a", 86400, 60)
+    replay = await store.idempotency_keys.claim(
+        "-", "key-1", "hash-a", 86400, 60, str(uuid.uuid4())
+    )
     assert (replay.owner, replay.state, replay.response) == (False, "done", {"request_id": "r"})
-    other_scope = await store.idempotency_keys.claim("other", "key-1", "hash-b", 86400, 60)
+    other_scope = await store.idempotency_keys.claim(
+        "other", "key-1", "hash-b", 86400, 60, "rid-other"
+    )
     assert other_scope.owner
+
+
+async def test_a_stale_claim_is_taken_over_with_the_request_id_bound_to_it(
+    store: StatusStore,
+) -> None:
+    """The key's request id outlives its first owner: a retry after the owner vanished (or
+    never heard back from Kafka) produces under the same id, never a new one."""
+    first = await store.idempotency_keys.claim("-", "key-s", "hash-a", 86400, 60, "rid-first")
+    assert (first.owner, first.request_id) == (True, "rid-first")
+    waiting = await store.idempotency_keys.claim("-", "key-s", "hash-a", 86400, 60, "rid-2")
+    assert (waiting.owner, waiting.request_id) == (False, "rid-first")
+    await asyncio.sleep(0.05)
+    taken = await store.idempotency_keys.claim("-", "key-s", "hash-a", 86400, 0.01, "rid-3")
+    assert (taken.owner, taken.request_id) == (True, "rid-first")
+    other_body = await store.idempotency_keys.claim("-", "key-s", "hash-b", 86400, 0.0, "rid-4")
+    assert not other_body.owner and other_body.request_hash == "hash-a"
 
 
 async def test_statuses_survive_a_restart_and_newer_schema_is_refused(
