@@ -46,6 +46,9 @@ class Settings(CoreSettings):
     # reports expired/timed_out itself, and its in-flight events win over the sweeper.
     sweep_grace_seconds: float = Field(5.0, ge=0, le=3600)
     long_poll_recheck_seconds: float = Field(1.0, gt=0, le=60)
+    # Long-polls (?wait=) open at once per API key (all callers share one budget with auth
+    # off); beyond it 429 with Retry-After.
+    max_long_polls_per_key: int = Field(100, ge=1, le=100_000)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
 
     # HTTP server
@@ -62,6 +65,8 @@ class Settings(CoreSettings):
 
     # Security and limits
     enable_auth: bool = False
+    # /api/v1/metrics needs an API key too (off: Prometheus scrapes without one).
+    metrics_require_auth: bool = False
     api_key_header: str = "X-API-Key"
     api_keys: SecretStr = SecretStr("")
     api_keys_file: Path | None = None

@@ -108,6 +108,12 @@ class IdempotencyKeyInProgressError(PusherError):
     retriable = True
 
 
+class TooManyLongPollsError(PusherError):
+    """The caller already holds ``MAX_LONG_POLLS_PER_KEY`` long-polls."""
+
+    retriable = True
+
+
 class StatusStoreUnavailableError(PusherError):
     """The status store is switched off or cannot be reached."""
 

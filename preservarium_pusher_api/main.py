@@ -167,7 +167,9 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     limiter = build_limiter(settings, checker)
     app.state.limiter = limiter
     auth = Depends(build_auth_dependency(settings, checker))
-    app.include_router(build_api_router(limiter, settings.rate_limit, auth))
+    app.include_router(
+        build_api_router(limiter, settings.rate_limit, auth, settings.metrics_require_auth)
+    )
 
     _add_middleware(app, settings, metrics)
     return app

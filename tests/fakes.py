@@ -161,6 +161,9 @@ class InMemoryKafka:
     async def check_ready(self) -> bool:
         return self.connected
 
+    async def probe_ready(self) -> bool:
+        return self.connected
+
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[RecordMetadata]:
         if not self.connected:
             raise map_kafka_error(KafkaError(), self.retry_after)

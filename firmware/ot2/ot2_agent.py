@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options; each has an ``OT2_*`` environment default."""
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="ot2_agent", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default=env("OT2_AGENT_HOST", "0.0.0.0"))
+    # Loopback unless told otherwise: the robot's network is not the agent's to open.
+    parser.add_argument("--host", default=env("OT2_AGENT_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("OT2_AGENT_PORT", DEFAULT_PORT)))
     parser.add_argument(
         "--config", type=Path, default=Path(env("OT2_AGENT_CONFIG", DEFAULT_CONFIG))
@@ -316,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         else os.environ.get("OT2_AGENT_TOKEN") or None
     )
     simulate = _simulate_default() if args.simulate is None else args.simulate
+    if not token:
+        if not simulate:
+            print(
+                "ot2_agent: refusing to drive the robot without a token: set OT2_AGENT_TOKEN "
+                "or --token-file (anyone who reaches the port could move the robot)",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning("no token set: the simulated agent accepts every request")
     agent = Agent(Lab(config, simulate), AnswerBook(args.state_dir), token)
     import uvicorn
 

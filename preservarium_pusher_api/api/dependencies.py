@@ -58,8 +58,9 @@ async def get_status(request: Request) -> StatusComponents:
     return status
 
 
-def idempotency_scope(request: Request, settings: Settings) -> str:
-    """Idempotency keys are per API key when auth is on (keys of others never collide)."""
+def caller_scope(request: Request, settings: Settings) -> str:
+    """Who is asking, for per-caller budgets and Idempotency-Keys: a fingerprint of the API
+    key when auth is on (keys of others never collide), else ``-`` (everyone)."""
     if settings.enable_auth:
         presented = request.headers.get(settings.api_key_header)
         if presented:

@@ -30,6 +30,7 @@ from preservarium_pusher_api.exceptions import (
     PayloadTooLargeError,
     RequestBodyTooLargeError,
     StatusStoreUnavailableError,
+    TooManyLongPollsError,
 )
 from preservarium_pusher_api.store import STORE_ERRORS
 
@@ -49,6 +50,7 @@ HTTP_STATUS: Final[dict[type[PusherError], int]] = {
     BatchTooLargeError: 422,
     InvalidQueryError: 422,
     CommandRejectedError: 502,
+    TooManyLongPollsError: 429,
     KafkaUnavailableError: 503,
     StatusStoreUnavailableError: 503,
     ConfigurationError: 500,

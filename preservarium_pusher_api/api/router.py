@@ -24,13 +24,16 @@ def rate_limiter(limiter: Limiter, rate_limit: str | None) -> RateLimited:
     return limited
 
 
-def build_api_router(limiter: Limiter, rate_limit: str | None, auth: Any) -> APIRouter:
+def build_api_router(
+    limiter: Limiter, rate_limit: str | None, auth: Any, metrics_auth: bool = False
+) -> APIRouter:
     """Every route: probes at the root, the rest under ``/api/v1``.
 
     Args:
         limiter: the app's slowapi limiter.
         rate_limit: e.g. ``"100/minute"`` for submissions and cancels; None for no limit.
         auth: the ``Depends(...)`` enforcing the API key.
+        metrics_auth: ``/api/v1/metrics`` needs the key too (METRICS_REQUIRE_AUTH).
     """
     limited = rate_limiter(limiter, rate_limit)
     secured = [auth]
@@ -39,7 +42,8 @@ def build_api_router(limiter: Limiter, rate_limit: str | None, auth: Any) -> API
     v1.include_router(status.build_router(limited), dependencies=secured)
     v1.include_router(devices.build_router(), dependencies=secured)
     v1.include_router(service.service_router, dependencies=secured)
-    v1.include_router(service.metrics_router)  # scraped by Prometheus without a key
+    # Scraped by Prometheus without a key unless METRICS_REQUIRE_AUTH asks for one.
+    v1.include_router(service.metrics_router, dependencies=secured if metrics_auth else [])
     root = APIRouter()
     root.include_router(health.router)
     root.include_router(v1)

@@ -26,6 +26,7 @@ from preservarium_pusher_api.exceptions import (
     CommandNotFoundError,
     InvalidQueryError,
     StatusStoreUnavailableError,
+    TooManyLongPollsError,
 )
 from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.models import (
@@ -93,6 +94,7 @@ class CommandService:
             settings, kafka, metrics, status.writer if status is not None else None
         )
         self._started = time.monotonic()
+        self._long_polls: dict[str, int] = {}  # open long-polls per caller scope
 
     # -- what routes call -------------------------------------------------------------
 
@@ -180,7 +182,11 @@ class CommandService:
         )
 
     async def read(
-        self, request_id: str, wait: float = 0, last_status: CommandStatus | None = None
+        self,
+        request_id: str,
+        wait: float = 0,
+        last_status: CommandStatus | None = None,
+        scope: str = "-",
     ) -> CommandRecord:
         """The command's status and history; with ``wait``, a long-poll.
 
@@ -189,6 +195,7 @@ class CommandService:
 
         Raises:
             CommandNotFoundError, StatusStoreUnavailableError.
+            TooManyLongPollsError: ``scope`` (the caller) holds MAX_LONG_POLLS_PER_KEY already.
         """
         status = self._require_status()
         record = await status.read(request_id)
@@ -196,9 +203,24 @@ class CommandService:
             raise CommandNotFoundError(f"no command with request_id {request_id}")
         seen = last_status or record.status
         if wait > 0 and record.status == seen and not record.status.is_terminal:
-            latest = await status.notifier.wait_for_change(
-                status.read, request_id, seen, wait, self._settings.long_poll_recheck_seconds
-            )
+            held = self._long_polls.get(scope, 0)
+            if held >= self._settings.max_long_polls_per_key:
+                raise TooManyLongPollsError(
+                    f"{held} long-polls already open for this API key "
+                    f"(MAX_LONG_POLLS_PER_KEY); retry later or poll without wait",
+                    retry_after=1,
+                )
+            self._long_polls[scope] = held + 1
+            try:
+                latest = await status.notifier.wait_for_change(
+                    status.read, request_id, seen, wait, self._settings.long_poll_recheck_seconds
+                )
+            finally:
+                remaining = self._long_polls[scope] - 1
+                if remaining:
+                    self._long_polls[scope] = remaining
+                else:
+                    del self._long_polls[scope]
             record = latest or record
         return record
 

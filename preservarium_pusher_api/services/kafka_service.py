@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,9 @@ class KafkaService:
         self._reachable = asyncio.Event()
         self._topics_ready = False
         self.last_error: str | None = None
+        self._ready_probe: asyncio.Future[bool] | None = None
+        self._ready_at = float("-inf")
+        self._ready_answer = False
 
     @property
     def connected(self) -> bool:
@@ -100,6 +104,19 @@ class KafkaService:
     async def wait_connected(self) -> None:
         """Return once Kafka is reachable (wrap in ``asyncio.timeout`` to bound it)."""
         await self._reachable.wait()
+
+    async def probe_ready(self) -> bool:
+        """``check_ready`` for the readiness route: callers arriving together share one
+        metadata request, and an answer is reused for ``KAFKA_HEALTH_INTERVAL`` / 4 (at most
+        one second), so a flood of probes costs Kafka nothing more."""
+        now = time.monotonic()
+        if now - self._ready_at < min(1.0, self._settings.kafka_health_interval / 4):
+            return self._ready_answer
+        if self._ready_probe is None or self._ready_probe.done():
+            self._ready_probe = asyncio.ensure_future(self.check_ready())
+        answer = await asyncio.shield(self._ready_probe)
+        self._ready_at, self._ready_answer = time.monotonic(), answer
+        return answer
 
     async def check_ready(self) -> bool:
         """Ask the cluster for metadata now (bounded by the producer timeout)."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from preservarium_pusher_api.api.common import RateLimited, error_docs, status_location
-from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, idempotency_scope
+from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, caller_scope
 from preservarium_pusher_api.models import (
     BatchCommandRequest,
     BatchCommandResponse,
@@ -41,7 +41,7 @@ def _traceparent(value: str | None) -> str | None:
 
 
 def _idempotency(request: Request, settings: SettingsDep, key: str | None) -> IdempotencyKey | None:
-    return IdempotencyKey(idempotency_scope(request, settings), key) if key else None
+    return IdempotencyKey(caller_scope(request, settings), key) if key else None
 
 
 def _stored(answer: StoredAnswer) -> JSONResponse:

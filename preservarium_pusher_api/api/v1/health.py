@@ -24,7 +24,7 @@ async def health() -> HealthResponse:
     summary="Readiness",
 )
 async def ready(kafka: KafkaDep) -> JSONResponse:
-    """200 only when Kafka answers a metadata request now, else 503."""
-    reachable = await kafka.check_ready()
+    """200 only when Kafka answered a metadata request within the last second, else 503."""
+    reachable = await kafka.probe_ready()
     body = HealthResponse(status="ready" if reachable else "unavailable", kafka_connected=reachable)
     return JSONResponse(body.model_dump(), status_code=200 if reachable else 503)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 
 from preservarium_pusher_api.api.common import RateLimited, error_docs
-from preservarium_pusher_api.api.dependencies import CommandsDep
+from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, caller_scope
 from preservarium_pusher_api.core.contract import CommandStatus, check_identifier
 from preservarium_pusher_api.exceptions import InvalidQueryError
 from preservarium_pusher_api.models import (
@@ -59,8 +59,10 @@ def status_response(record: CommandRecord) -> CommandStatusResponse:
 
 
 async def get_command_status(
+    request: Request,
     request_id: RequestId,
     commands: CommandsDep,
+    settings: SettingsDep,
     wait: Annotated[
         float,
         Query(
@@ -76,7 +78,9 @@ async def get_command_status(
     ] = None,
 ) -> CommandStatusResponse:
     """The command's current status and its history."""
-    record = await commands.read(request_id.lower(), wait, last_status)
+    record = await commands.read(
+        request_id.lower(), wait, last_status, caller_scope(request, settings)
+    )
     return status_response(record)
 
 
@@ -157,7 +161,9 @@ def build_router(limited: RateLimited) -> APIRouter:
         get_command_status,
         methods=["GET"],
         response_model=CommandStatusResponse,
-        responses=error_docs(401, 404, 429, e404="Unknown request_id"),
+        responses=error_docs(
+            401, 404, 429, e404="Unknown request_id", e429="Too many long-polls of this API key"
+        ),
         summary="Status and history of one command (long-poll with ?wait=)",
     )
     router.add_api_route(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -164,3 +165,25 @@ def test_systemd_unit_starts_the_agent_with_options_it_accepts() -> None:
     args = ot2_agent.build_parser().parse_args(command[2:])
     assert args.simulate is False and args.port == ot2_agent.DEFAULT_PORT
     assert args.token_file is not None and unit["Service"]["KillSignal"] == "SIGTERM"
+
+
+def test_the_agent_refuses_the_robot_without_a_token_and_binds_loopback_by_default(
+    tmp_path: Path,
+) -> None:
+    """On a robot a missing token is a refusal to start (exit 2, saying why); the default
+    address is loopback; the simulator may run open."""
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k != "OT2_AGENT_TOKEN"}
+    refused = subprocess.run(
+        [sys.executable, str(AGENT_DIR / "ot2_agent.py"), "--robot", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "without a token" in refused.stderr
+    defaults = ot2_agent.build_parser().parse_args([])
+    assert defaults.host == "127.0.0.1"
