@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.errors import ConfigurationError
@@ -72,6 +74,33 @@ def run_dev(args: argparse.Namespace) -> int:
     )
 
 
+def run_mqtt_acl(args: argparse.Namespace) -> int:
+    """``pusher mqtt-acl``: print (or write) the ACL file for Mosquitto's ``acl_file``."""
+    from connectors.mqtt.acl import DEFAULT_CONNECTOR_USER, render_acl
+    from connectors.registry import parse_registry
+
+    registry = args.registry or os.environ.get("DEVICE_REGISTRY_PATH")
+    if not registry:
+        print("pusher mqtt-acl: give --registry or set DEVICE_REGISTRY_PATH", file=sys.stderr)
+        return 2
+    path = Path(registry)
+    try:
+        devices = parse_registry(path.read_text(encoding="utf-8"), path.suffix)
+        text = render_acl(
+            devices,
+            args.prefix or os.environ.get("MQTT_TOPIC_PREFIX") or "lab",
+            args.connector_user or os.environ.get("MQTT_USERNAME") or DEFAULT_CONNECTOR_USER,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"pusher mqtt-acl: {exc}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``pusher`` command."""
     parser = argparse.ArgumentParser(prog="pusher", description=__doc__)
@@ -95,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connector.add_argument("connector_args", nargs=argparse.REMAINDER, metavar="PROTOCOL ...")
     connector.set_defaults(handler=run_connector_command)
+
+    acl = commands.add_parser(
+        "mqtt-acl", help="Mosquitto ACL file from the device registry (each device its own topics)"
+    )
+    acl.add_argument(
+        "--registry", type=Path, default=None, help="registry file (default DEVICE_REGISTRY_PATH)"
+    )
+    acl.add_argument("--prefix", default=None, help="topic prefix (default MQTT_TOPIC_PREFIX)")
+    acl.add_argument(
+        "--connector-user", default=None, help="the connector's MQTT user (default MQTT_USERNAME)"
+    )
+    acl.add_argument("-o", "--output", type=Path, default=None, help="write here, not stdout")
+    acl.set_defaults(handler=run_mqtt_acl)
 
     database = commands.add_parser("db", help="status store schema (Alembic)")
     db_commands = database.add_subparsers(dest="db_command", required=True)

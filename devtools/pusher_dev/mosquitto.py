@@ -7,6 +7,7 @@ survive ``restart()`` like on a production broker.
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import tempfile
 import time
@@ -40,10 +41,19 @@ def mosquitto_binary() -> str:
 class PrivateMosquitto(ChildProcess):
     """A mosquitto process listening on ``127.0.0.1:port`` only."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+    ) -> None:
+        """Anonymous access unless a ``password_file`` (and an ``acl_file``) is given."""
         super().__init__()
         self.host = host
         self.port = port or free_port(host)
+        self.password_file = password_file
+        self.acl_file = acl_file
         self.directory = Path(tempfile.mkdtemp(prefix="pusher-mosquitto-"))
 
     @property
@@ -62,7 +72,7 @@ class PrivateMosquitto(ChildProcess):
             "\n".join(
                 [
                     f"listener {self.port} {self.host}",
-                    "allow_anonymous true",
+                    *self._access(),
                     "persistence true",
                     f"persistence_location {self.directory}/",
                     "autosave_interval 1",
@@ -76,6 +86,17 @@ class PrivateMosquitto(ChildProcess):
             )
         )
         return config
+
+    def _access(self) -> list[str]:
+        # Started by root (a container, CI), mosquitto would switch to its own user, which
+        # cannot read this private directory: keep the starting user.
+        lines = ["user root"] if os.geteuid() == 0 else []
+        if self.password_file is None:
+            return [*lines, "allow_anonymous true"]
+        lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return lines
 
     def start(self, timeout: float = 10.0) -> Self:
         """Start the broker and wait until it accepts connections.

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--broker",
         default="mqtt://127.0.0.1:1883",
-        help="broker URL; credentials from MQTT_USERNAME / MQTT_PASSWORD",
+        help="broker URL; each board logs in as its device id (MQTT_DEVICE_USERNAME overrides) "
+        "with MQTT_PASSWORD",
     )
     parser.add_argument("--prefix", default="lab")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per command")
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             args.prefix,
             args.latency,
             args.error_rate,
-            username=os.environ.get("MQTT_USERNAME") or None,
+            # each board logs in as itself (the ACL of `pusher mqtt-acl`), unless told
+            username=os.environ.get("MQTT_DEVICE_USERNAME") or device_id,
             password=os.environ.get("MQTT_PASSWORD") or None,
         )
         for device_id in args.device_id

@@ -286,3 +286,15 @@ async def test_healthcheck_command_follows_the_api_health(make_settings: Setting
         script, f"http://127.0.0.1:{free_port()}/health", stdout=asyncio.subprocess.DEVNULL
     )
     assert await down.wait() == 1
+
+
+def test_compose_mosquitto_acl_is_the_one_made_from_the_registry() -> None:
+    """deploy/mosquitto/acl is `pusher mqtt-acl` of deploy/devices.yaml; the broker uses it."""
+    from connectors.mqtt.acl import render_acl
+
+    devices = parse_registry((ROOT / "deploy" / "devices.yaml").read_text(), ".yaml")
+    user = default_of(SERVICES["mosquitto"]["environment"]["MQTT_USERNAME"])
+    assert (ROOT / "deploy" / "mosquitto" / "acl").read_text() == render_acl(devices, "lab", user)
+    config = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "\nacl_file /mosquitto/config/acl" in config and "\nallow_anonymous false" in config
+    assert "./deploy/mosquitto/acl:/mosquitto/config/acl:ro" in SERVICES["mosquitto"]["volumes"]
