@@ -46,6 +46,9 @@ class Settings(CoreSettings):
     # reports expired/timed_out itself, and its in-flight events win over the sweeper.
     sweep_grace_seconds: float = Field(5.0, ge=0, le=3600)
     long_poll_recheck_seconds: float = Field(1.0, gt=0, le=60)
+    # The longest a long-poll is held (a `wait` above it is cut to it): below the idle
+    # timeout of the proxies in front of the API.
+    long_poll_max_seconds: float = Field(60.0, gt=0, le=60)
     # Long-polls (?wait=) open at once per API key (all callers share one budget with auth
     # off); beyond it 429 with Retry-After.
     max_long_polls_per_key: int = Field(100, ge=1, le=100_000)

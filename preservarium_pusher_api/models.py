@@ -13,13 +13,16 @@ from pydantic import (
     JsonValue,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
 )
 
 from preservarium_pusher_api.core.contract import (
+    COMMAND_TOPIC_MAX_LENGTH,
+    COMMAND_TOPIC_PATTERN,
+    IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_PATTERN,
     CommandStatus,
     DispatchPolicy,
     Identifier,
@@ -31,7 +34,45 @@ MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 24 * 3600
 
 # A parser is named, never addressed by path: letters, digits, "_", "-", "." (no separators).
-_PARSER_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_PARSER_REF = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+# metadata as the schema states it; the validators below enforce the same.
+_METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "topic": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": COMMAND_TOPIC_MAX_LENGTH,
+            "pattern": COMMAND_TOPIC_PATTERN,
+        },
+        "dispatch": {"type": "string", "enum": [policy.value for policy in DispatchPolicy]},
+    },
+}
+
+
+def _protocol_rules(schema: dict[str, Any]) -> None:
+    """State in the schema what the validators enforce across fields: ``retain`` and
+    ``metadata.topic`` are MQTT's, ``confirmable`` is CoAP's."""
+
+    def unless(protocol: Protocol, rule: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "if": {"properties": {"protocol": {"const": protocol.value}}, "required": ["protocol"]},
+            "else": {"properties": rule},
+        }
+
+    schema["allOf"] = [
+        unless(Protocol.MQTT, {"retain": {"type": "null"}}),
+        unless(Protocol.MQTT, {"metadata": {"properties": {"topic": False}}}),
+        unless(Protocol.COAP, {"confirmable": {"type": "null"}}),
+    ]
+
+
+def _command_schema_extra(schema: dict[str, Any]) -> None:
+    schema["examples"] = _COMMAND_EXAMPLES
+    _protocol_rules(schema)
+
 
 _COMMAND_EXAMPLES: list[JsonValue] = [
     {
@@ -63,31 +104,57 @@ _COMMAND_EXAMPLES: list[JsonValue] = [
 class CommandRequest(BaseModel):
     """A command as lab code submits it; unknown fields are rejected, naming the field."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": _COMMAND_EXAMPLES})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_command_schema_extra)
 
     device_id: Annotated[Identifier, StrictStr] = Field(
-        description="Target device; 1-128 chars, no '/', '+', '#', whitespace or control chars."
+        description="Target device; 1-128 chars, no '/', '+', '#', whitespace or control chars.",
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        json_schema_extra={"pattern": IDENTIFIER_PATTERN},
     )
     command_type: Annotated[Identifier, StrictStr] = Field(
-        description="What the device should do (the task name on the device)."
+        description="What the device should do (the task name on the device); the same rules.",
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        json_schema_extra={"pattern": IDENTIFIER_PATTERN},
     )
     payload: dict[str, Any] = Field(default_factory=dict, description="Command parameters.")
     protocol: Protocol = Field(description="Transport that reaches the device.")
     parser_script_ref: StrictStr | None = Field(
-        None, description="Name of a parser in the connectors' parser folder (not a path)."
+        None,
+        description="Name of a parser in the connectors' parser folder (not a path).",
+        json_schema_extra={"pattern": _PARSER_REF.pattern},
     )
     metadata: dict[str, Any] | None = Field(
-        None, description="Free-form routing hints, e.g. {'topic': ...} for MQTT."
+        None,
+        description="Routing hints: `topic` (MQTT only; a topic the device registry lists "
+        "for the device in `allowed_topics`), `dispatch` (`burst`, `on_ack`, `on_result`; "
+        "can only make the registry's policy stricter); other keys are kept.",
+        json_schema_extra={"anyOf": [_METADATA_SCHEMA, {"type": "null"}]},
     )
     qos: Literal[0, 1, 2] | None = Field(None, description="MQTT QoS; default 1.")
     retain: StrictBool | None = Field(None, description="MQTT retain flag (MQTT only).")
     confirmable: StrictBool | None = Field(None, description="CoAP CON vs NON (CoAP only).")
-    ttl_seconds: StrictInt | None = Field(
+    ttl_seconds: int | None = Field(
         None, gt=0, le=MAX_TTL_SECONDS, description="Never deliver after this many seconds."
     )
-    timeout_seconds: StrictInt | StrictFloat | None = Field(
+    timeout_seconds: StrictFloat | None = Field(
         None, gt=0, le=MAX_TIMEOUT_SECONDS, description="Time the device has to answer."
     )
+
+    @field_validator("ttl_seconds", mode="before")
+    @classmethod
+    def _ttl_is_a_whole_number(cls, value: object) -> object:
+        # JSON Schema's "integer" includes 600.0; true, "600" and 600.5 are not integers.
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("ttl_seconds must be an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("ttl_seconds must be an integer")
+            return int(value)
+        return value
 
     @field_validator("qos", mode="before")
     @classmethod
@@ -121,15 +188,17 @@ class CommandRequest(BaseModel):
     def _topic_override_is_mqtt(
         cls, value: dict[str, Any] | None, info: ValidationInfo
     ) -> dict[str, Any] | None:
-        topic = (value or {}).get("topic")
-        if topic is not None:
-            _require_protocol(topic, info, Protocol.MQTT, "'metadata.topic'")
+        metadata = value or {}
+        if "topic" in metadata:
+            topic = metadata["topic"]
+            _require_protocol(
+                topic if topic is not None else "", info, Protocol.MQTT, "'metadata.topic'"
+            )
             try:
                 check_command_topic(topic)
             except ValueError as exc:
                 raise ValueError(f"'metadata.topic' {exc}") from None
-        dispatch = (value or {}).get("dispatch")
-        if dispatch is not None and dispatch not in {policy.value for policy in DispatchPolicy}:
+        if "dispatch" in metadata and metadata["dispatch"] not in {p.value for p in DispatchPolicy}:
             choices = ", ".join(policy.value for policy in DispatchPolicy)
             raise ValueError(f"'metadata.dispatch' must be one of {choices}")
         return value

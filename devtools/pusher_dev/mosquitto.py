@@ -6,8 +6,8 @@ survive ``restart()`` like on a production broker.
 
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 import subprocess
 import tempfile
 import time

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+from fastapi import Path, Query
+
+from preservarium_pusher_api.core.contract import (
+    IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_PATTERN,
+    check_identifier,
+)
+from preservarium_pusher_api.exceptions import InvalidQueryError
 from preservarium_pusher_api.models import ErrorResponse
 
 API_PREFIX: Final = "/api/v1"
@@ -13,7 +21,31 @@ Endpoint = Callable[..., Awaitable[Any]]
 # Wraps an endpoint in the configured rate limit (or returns it unchanged).
 RateLimited = Callable[[Endpoint], Endpoint]
 
+# A device id in a path or query: the identifier rules, stated in the OpenAPI document (the
+# pattern is published, and checked by ``device_id_checked`` with the same expression).
+_DEVICE_ID_RULES: Final[dict[str, Any]] = {
+    "min_length": 1,
+    "max_length": IDENTIFIER_MAX_LENGTH,
+    "json_schema_extra": {"pattern": IDENTIFIER_PATTERN},
+    "description": "A device id: 1-128 characters, no '/', '+', '#', whitespace or control "
+    "characters.",
+}
+DeviceIdPath = Annotated[str, Path(**_DEVICE_ID_RULES)]
+DeviceIdQuery = Annotated[str | None, Query(**_DEVICE_ID_RULES)]
+
+
+def device_id_checked(device_id: str, where: str) -> str:
+    """``device_id`` under the identifier rules, else 422 naming ``where`` (path/query)."""
+    try:
+        return check_identifier(device_id)
+    except ValueError as exc:
+        raise InvalidQueryError(
+            f"device_id {exc}", details=[{"loc": [where, "device_id"]}]
+        ) from exc
+
+
 _ERROR_TEXTS: Final = {
+    400: "The body could not be read (not UTF-8, or cut short)",
     401: "Missing or invalid API key",
     404: "Unknown request_id or device",
     409: "Conflict: Idempotency-Key reused with a different request or still in progress, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -11,8 +12,10 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from slowapi.errors import RateLimitExceeded
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from preservarium_pusher_api.core.errors import ConfigurationError, PusherError
 from preservarium_pusher_api.core.logging import get_logger
@@ -121,12 +124,44 @@ async def _on_pusher_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the documented routes of this path accept (a path served by several
+    routes, e.g. GET and POST /commands, lists them all)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        match, child = route.matches(request.scope)
+        if match is not Match.NONE and _params_fit(route, child.get("path_params", {})):
+            methods |= route.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+def _params_fit(route: APIRoute, params: dict[str, Any]) -> bool:
+    # "/commands/batch" is not "/commands/{request_id}": a request_id is a UUID.
+    for param in route.dependant.path_params:
+        pattern = next(
+            (
+                getattr(m, "pattern", None)
+                for m in param.field_info.metadata
+                if hasattr(m, "pattern")
+            ),
+            None,
+        )
+        if pattern and not re.match(pattern, str(params.get(param.name, ""))):
+            return False
+    return True
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error_type = _HTTP_ERROR_TYPES.get(exc.status_code, HTTPStatus(exc.status_code).phrase)
-    return error_response(
-        request, exc.status_code, str(exc.detail), error_type, headers=exc.headers
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(request, exc.status_code, str(exc.detail), error_type, headers=headers)
 
 
 async def _on_rate_limited(request: Request, exc: Exception) -> JSONResponse:

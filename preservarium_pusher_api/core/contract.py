@@ -47,7 +47,12 @@ HEADER_DLQ_REASON: Final = "dlq-reason"
 # Identifiers end up in MQTT topics and Kafka keys: no MQTT separators or wildcards
 # ("/", "+", "#"), no whitespace, no control characters.
 IDENTIFIER_MAX_LENGTH: Final = 128
-_FORBIDDEN_IDENTIFIER_CHARS = re.compile(r"[/+#\s\x00-\x1f\x7f-\x9f]")
+# Spelled out rather than "\s", so that every regex engine (Python, ECMAScript in the
+# OpenAPI document, the generators that read it) agrees on exactly which are refused.
+_FORBIDDEN_CLASS = r"/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_FORBIDDEN_IDENTIFIER_CHARS = re.compile(f"[{_FORBIDDEN_CLASS}]")
+# The identifier rules as a JSON Schema pattern (with minLength 1, maxLength 128).
+IDENTIFIER_PATTERN: Final = f"^[^{_FORBIDDEN_CLASS}]+$"
 # Bounds of the other fields that reach the status store; they match its columns, so a
 # record that validates here is one the store (SQLite or PostgreSQL) accepts.
 REQUEST_ID_MAX_LENGTH: Final = 64
@@ -156,6 +161,8 @@ def check_request_id(value: str) -> str:
 
 
 COMMAND_TOPIC_MAX_LENGTH: Final = 256
+# check_command_topic as a JSON Schema pattern (with maxLength 256).
+COMMAND_TOPIC_PATTERN: Final = r"^(?!\$)(?!(?:.*/)?(?:result|status)$)[^+#\x00-\x1f\x7f-\x9f]+$"
 # Last topic levels on which devices speak: a command is never published to them.
 DEVICE_TOPIC_KINDS: Final = frozenset({"result", "status"})
 

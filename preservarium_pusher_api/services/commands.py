@@ -202,6 +202,7 @@ class CommandService:
         if record is None:
             raise CommandNotFoundError(f"no command with request_id {request_id}")
         seen = last_status or record.status
+        wait = min(wait, self._settings.long_poll_max_seconds)
         if wait > 0 and record.status == seen and not record.status.is_terminal:
             held = self._long_polls.get(scope, 0)
             if held >= self._settings.max_long_polls_per_key:

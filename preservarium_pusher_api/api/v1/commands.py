@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preservarium_pusher_api.api.common import RateLimited, error_docs, status_location
 from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, caller_scope
@@ -90,7 +91,7 @@ async def create_commands_batch(
 def build_router(limited: RateLimited) -> APIRouter:
     """Command submission routes, rate limited when a limit is configured."""
     router = APIRouter(tags=["commands"])
-    errors = error_docs(401, 409, 413, 422, 429, 503)
+    errors = error_docs(400, 401, 409, 413, 422, 429, 503)
     router.add_api_route(
         "/commands",
         limited(create_command),
@@ -109,4 +110,12 @@ def build_router(limited: RateLimited) -> APIRouter:
         responses=errors,
         summary="Submit several commands",
     )
+    # "batch" is no request_id: DELETE here is a method this path lacks, not a bad cancel.
+    router.add_api_route(
+        "/commands/batch", _not_allowed, methods=["DELETE"], include_in_schema=False
+    )
     return router
+
+
+async def _not_allowed() -> None:
+    raise StarletteHTTPException(status_code=405, detail="Method Not Allowed")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from preservarium_pusher_api.api.common import error_docs
+from preservarium_pusher_api.api.common import DeviceIdPath, device_id_checked, error_docs
 from preservarium_pusher_api.api.dependencies import StatusDep
 from preservarium_pusher_api.exceptions import DeviceNotFoundError
 from preservarium_pusher_api.models import DeviceListResponse, DeviceResponse
@@ -34,11 +34,11 @@ async def list_devices(
 
 
 async def get_device(
-    device_id: Annotated[str, Path(max_length=128)],
+    device_id: DeviceIdPath,
     status: StatusDep,
 ) -> DeviceResponse:
     """One device's presence and pending commands."""
-    state = await status.store.devices.get(device_id)
+    state = await status.store.devices.get(device_id_checked(device_id, "path"))
     if state is None:
         raise DeviceNotFoundError(f"no device {device_id!r} is known")
     return _response(state)

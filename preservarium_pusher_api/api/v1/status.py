@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from preservarium_pusher_api.api.common import RateLimited, error_docs
+from preservarium_pusher_api.api.common import (
+    DeviceIdPath,
+    DeviceIdQuery,
+    RateLimited,
+    device_id_checked,
+    error_docs,
+)
 from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, caller_scope
-from preservarium_pusher_api.core.contract import CommandStatus, check_identifier
+from preservarium_pusher_api.core.contract import CommandStatus
 from preservarium_pusher_api.exceptions import InvalidQueryError
 from preservarium_pusher_api.models import (
     CancelResponse,
@@ -19,6 +25,7 @@ from preservarium_pusher_api.models import (
     HistoryItem,
 )
 from preservarium_pusher_api.store import CommandRecord, from_epoch, to_epoch
+from preservarium_pusher_api.store.records import CURSOR_MAX_LENGTH, CURSOR_PATTERN
 
 MAX_WAIT_SECONDS = 60
 MAX_PAGE = 500
@@ -88,17 +95,13 @@ async def _list(
     commands: CommandsDep,
     device_id: str | None,
     state: CommandStatus | None,
-    since: datetime | None,
+    since_text: str | None,
     limit: int,
     cursor: str | None,
 ) -> CommandListResponse:
+    since = parse_since(since_text)
     if device_id is not None:
-        try:
-            check_identifier(device_id)
-        except ValueError as exc:
-            raise InvalidQueryError(
-                f"device_id {exc}", details=[{"loc": ["query", "device_id"]}]
-            ) from exc
+        device_id_checked(device_id, "query")
     page = await commands.list(
         device_id=device_id,
         state=state,
@@ -113,16 +116,47 @@ async def _list(
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size (at most 500).")]
-Since = Annotated[datetime | None, Query(description="Only commands created at or after this.")]
+Since = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="Only commands created at or after this (RFC 3339, e.g. "
+        "`2026-01-31T12:00:00Z`).",
+    ),
+]
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """An RFC 3339 time (a missing offset is read as UTC); numbers and words are refused."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or "T" not in value.upper():
+        raise InvalidQueryError(
+            "since must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z",
+            details=[{"loc": ["query", "since"]}],
+        )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 Cursor = Annotated[
-    str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    str | None,
+    Query(
+        max_length=CURSOR_MAX_LENGTH,
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+        description="`next_cursor` of the previous page.",
+    ),
 ]
 StatusFilter = Annotated[CommandStatus | None, Query(alias="status")]
 
 
 async def list_commands(
     commands: CommandsDep,
-    device_id: Annotated[str | None, Query(max_length=128)] = None,
+    device_id: DeviceIdQuery = None,
     state: StatusFilter = None,
     since: Since = None,
     limit: Limit = 50,
@@ -133,7 +167,7 @@ async def list_commands(
 
 
 async def list_device_commands(
-    device_id: Annotated[str, Path(max_length=128)],
+    device_id: DeviceIdPath,
     commands: CommandsDep,
     state: StatusFilter = None,
     since: Since = None,
