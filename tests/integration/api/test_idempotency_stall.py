@@ -85,3 +85,38 @@ async def test_retries_after_a_late_acknowledgement_give_one_record_and_one_requ
     assert headers_of(stall_records[0])["request_id"] == accepted["request_id"]
     status_body = await api.client.get(f"/api/v1/commands/{accepted['request_id']}/status")
     assert status_body.status_code == 200
+
+
+async def test_a_batch_under_a_key_is_never_reported_failed_while_it_may_still_land(
+    stalled: tuple[LiveApi, StallingProxy],
+) -> None:
+    """A batch whose acknowledgements are late: 503, then after the retries exactly one
+    record per item, with the request ids the replayed answer names."""
+    api, proxy = stalled
+    assert (await post(api, "warm-up", command(device_id="pico-warm")))[0] == 202
+    items = [command(device_id=f"pico-b{n}", payload={"pin": n, "state": True}) for n in range(3)]
+    batch = {"commands": items}
+
+    async def post_batch() -> tuple[int, dict]:
+        response = await api.client.post(
+            "/api/v1/commands/batch", json=batch, headers={"Idempotency-Key": "batch-key"}
+        )
+        return response.status_code, response.json()
+
+    proxy.stall()
+    status, first = await post_batch()
+    assert status == 503 and first["type"] == "KafkaUnavailableError", first
+    proxy.release()
+    for _ in range(40):
+        status, answer = await post_batch()
+        if status == 202:
+            break
+        await asyncio.sleep(0.25)
+    assert status == 202 and answer["successful"] == 3, answer
+    bootstrap, topic = api.settings.kafka_bootstrap_servers, api.settings.kafka_command_topic
+    records = await read_records(bootstrap, topic, 4)
+    assert await count_records(bootstrap, topic, idle=2.0) == 4  # warm-up and three items
+    produced = {
+        headers_of(r)["request_id"] for r in records if value_of(r)["device_id"] != "pico-warm"
+    }
+    assert produced == {item["request_id"] for item in answer["results"]}
