@@ -30,11 +30,14 @@ from typing import Any
 
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.exceptions import (
+    CommandRejectedError,
     IdempotencyKeyConflictError,
     IdempotencyKeyInProgressError,
+    KafkaUnavailableError,
     OutcomeUnknownError,
     PusherError,
 )
+from preservarium_pusher_api.models import BatchCommandResponse
 from preservarium_pusher_api.store import STORE_ERRORS, IdempotencyKeys
 
 log = get_logger(__name__)
@@ -149,13 +152,24 @@ class IdempotencyService:
         return StoredAnswer(status_code, body, replayed=False)
 
     async def _settle_later(self, scope: str, key: str, unknown: OutcomeUnknownError) -> None:
-        """Store the answer a late acknowledgement gives, or release the key on a refusal."""
+        """Store the answer a late acknowledgement gives, or release the key when Kafka
+        refused the record for good. If Kafka never answered, whether the record landed is
+        still unknown: the claim stays pending until it is stale, and the next attempt
+        produces under the same request id (a repeat that connectors deduplicate)."""
         try:
             answer = await unknown.outcome
-        except Exception as exc:  # refused for good, or never acknowledged: not accepted
+        except CommandRejectedError as exc:  # refused for good: nothing was written
             log.warning("Idempotency-Key released: not accepted", error=type(exc).__name__)
             with contextlib.suppress(*STORE_ERRORS):
                 await self._keys.release(scope, key)
+            return
+        except Exception as exc:
+            log.warning("Idempotency-Key outcome still unknown", error=type(exc).__name__)
+            return
+        if isinstance(answer, BatchCommandResponse) and any(
+            item.error_type == KafkaUnavailableError.__name__ for item in answer.results
+        ):
+            log.warning("Idempotency-Key outcome still unknown for some batch items")
             return
         try:
             await self._keys.complete(scope, key, 202, answer.model_dump(mode="json"))

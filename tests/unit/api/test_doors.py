@@ -56,11 +56,11 @@ async def test_long_polls_beyond_the_cap_of_a_key_are_429_and_others_keep_theirs
         request_id = await queued_command(api, one)
         url = f"/api/v1/commands/{request_id}/status"
 
-        def poll(key: str, wait: float = 1.5) -> Any:
+        def poll(key: str, wait: float = 0.8) -> Any:
             return api.client.get(url, params={"wait": wait}, headers={"X-API-Key": key})
 
         held = [asyncio.create_task(poll(one)) for _ in range(2)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.2)
         over = await poll(one)
         assert over.status_code == 429, over.text
         assert over.json()["type"] == "TooManyLongPollsError" and over.headers["retry-after"]
