@@ -1,10 +1,13 @@
 """Status tracker: results topic → status store, plus the deadline sweeper.
 
-Consumer group ``pusher-status-tracker`` on ``KAFKA_RESULT_TOPIC`` (and the presence topic,
-written to the devices table); records are fetched in
-batches (``getmany``), applied in one store transaction per batch, and the offsets are
-committed only after that write. A store failure seeks back and retries the same batch, so
-nothing is skipped; events are idempotent, so a batch applied twice is harmless.
+Consumer group ``pusher-status-tracker`` on ``KAFKA_RESULT_TOPIC``, the presence topic
+(written to the devices table) and the commands topic (each command is recorded ``queued``,
+so one accepted by an API that died before writing its row is still known); records are
+fetched in batches (``getmany``), applied in one store transaction per batch, and the
+offsets are committed only after that write. A store failure seeks back and retries the
+same batch, so nothing is skipped; events are idempotent, so a batch applied twice is
+harmless. After repeated failures the records are tried one by one, and one the store
+refuses alone is dropped (logged, counted) instead of holding the topic.
 
 The sweeper marks ``queued`` commands past ``expires_at`` as ``expired`` and ``sent`` or
 ``delivered`` commands past their execution deadline as ``timed_out``. Its state is the
@@ -27,17 +30,28 @@ from pydantic import ValidationError
 
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.backoff import backoff_delay
-from preservarium_pusher_api.core.contract import DevicePresence, StatusEvent
+from preservarium_pusher_api.core.contract import (
+    HEADER_KIND,
+    CommandMessage,
+    DevicePresence,
+    MessageKind,
+    StatusEvent,
+)
 from preservarium_pusher_api.core.kafka import consumer_options
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.core.supervision import check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
-from preservarium_pusher_api.store import StatusStore, Transition
+from preservarium_pusher_api.store import (
+    QueuedCommand,
+    StatusStore,
+    Transition,
+    queued_from_message,
+)
 
 log = get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
-_Wire = TypeVar("_Wire", StatusEvent, DevicePresence)
+_Wire = TypeVar("_Wire", StatusEvent, DevicePresence, CommandMessage)
 _PURGE_EVERY_SECONDS = 3600.0
 # Whole-batch failures in a row before records are tried one by one.
 _ISOLATE_AFTER_FAILURES = 2
@@ -118,6 +132,9 @@ class StatusTracker:
             consumer = AIOKafkaConsumer(
                 self._settings.kafka_result_topic,
                 self._settings.kafka_presence_topic,
+                # commands too: a command Kafka accepted is known (queued) even when the API
+                # that accepted it died before writing its row
+                self._settings.kafka_command_topic,
                 **consumer_options(self._settings, self._settings.tracker_group_id),
             )
             try:
@@ -146,10 +163,23 @@ class StatusTracker:
                 await self._update_lag(consumer)
                 continue
             presence_topic = self._settings.kafka_presence_topic
+            command_topic = self._settings.kafka_command_topic
+            command_records = [
+                record
+                for partition, records in batches.items()
+                if partition.topic == command_topic
+                for record in records
+                if dict(record.headers).get(HEADER_KIND) == MessageKind.COMMAND.value.encode()
+            ]
+            queued = [
+                queued_from_message(message)
+                for message in (decode_record(r, CommandMessage) for r in command_records)
+                if message is not None
+            ]
             events = [
                 event
                 for partition, records in batches.items()
-                if partition.topic != presence_topic
+                if partition.topic not in (presence_topic, command_topic)
                 for event in (decode_record(record, StatusEvent) for record in records)
                 if event is not None
             ]
@@ -161,15 +191,20 @@ class StatusTracker:
                 if item is not None
             ]
             invalid = (
-                sum(len(records) for records in batches.values()) - len(events) - len(presence)
+                sum(len(r) for p, r in batches.items() if p.topic != command_topic)
+                - len(events)
+                - len(presence)
+                + len(command_records)
+                - len(queued)
             )
             if invalid:
                 self._metrics.tracker_dropped.labels("invalid").inc(invalid)
             started = time.perf_counter()
             try:
                 if failures >= _ISOLATE_AFTER_FAILURES:
-                    transitions = await self._apply_one_by_one(events, presence)
+                    transitions = await self._apply_one_by_one(events, presence, queued)
                 else:
+                    await self._store.record_queued(queued)
                     transitions = await self._store.apply_events(events)
                     await self._devices.apply_presence(presence)
             except Exception as exc:  # store down: re-read the same records later
@@ -192,7 +227,10 @@ class StatusTracker:
             await self._update_lag(consumer)
 
     async def _apply_one_by_one(
-        self, events: list[StatusEvent], presence: list[DevicePresence]
+        self,
+        events: list[StatusEvent],
+        presence: list[DevicePresence],
+        queued: list[QueuedCommand] | None = None,
     ) -> list[Transition]:
         """After repeated failures of a whole batch: each record in its own transaction.
 
@@ -203,6 +241,12 @@ class StatusTracker:
         transitions: list[Transition] = []
         refused: list[tuple[str, Exception]] = []
         taken = 0
+        for row in queued or []:
+            try:
+                await self._store.record_queued([row])
+                taken += 1
+            except Exception as exc:  # this record alone, or the store
+                refused.append((row.request_id, exc))
         for event in events:
             try:
                 transitions += await self._store.apply_events([event])

@@ -14,7 +14,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from preservarium_pusher_api.config import Settings
-from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
+from preservarium_pusher_api.core.contract import (
+    CommandMessage,
+    CommandStatus,
+    StatusEvent,
+    command_headers,
+    utc_now,
+)
 from tests.api_helpers import wait_status
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.kafka_helpers import count_records, headers_of, read_records, value_of
@@ -424,3 +430,39 @@ async def test_devices_api_pending_commands_and_bad_queries(tracked: LiveApi) ->
     assert_error_shape(await tracked.client.get("/api/v1/devices/" + "x" * 129), 422)
     missing = assert_error_shape(await tracked.client.get("/api/v1/devices/nobody"), 404)
     assert missing["type"] == "DeviceNotFoundError"
+
+
+async def test_a_command_on_the_topic_is_queued_even_if_its_api_never_wrote_it(
+    tracked: LiveApi,
+) -> None:
+    """An API killed right after its 202 leaves the record in Kafka but no row: the tracker
+    reads the commands topic and the command is known (queued), never a 404."""
+    request_id = str(uuid.uuid4())
+    message = CommandMessage(
+        request_id=request_id,
+        device_id="pico-orphan",
+        command_type="control_led",
+        payload={"pin": 1, "state": True},
+        protocol="mqtt",
+        created_at=utc_now(),
+    )
+    settings = tracked.settings
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.kafka_command_topic,
+            key=b"pico-orphan",
+            value=message.model_dump_json().encode(),
+            headers=command_headers(message),
+        )
+    finally:
+        await producer.stop()
+    async with asyncio.timeout(20):
+        while (
+            found := await tracked.client.get(f"/api/v1/commands/{request_id}/status")
+        ).status_code == 404:
+            await asyncio.sleep(0.1)
+    body = found.json()
+    assert found.status_code == 200 and body["status"] == "queued", body
+    assert body["device_id"] == "pico-orphan" and body["command_type"] == "control_led"
