@@ -90,6 +90,7 @@ class MqttSettings(ConnectorSettings):
     mqtt_presence_heartbeat_seconds: float = Field(30.0, gt=0)
     # MQTT shared subscription group for answers when several connectors run, e.g.
     # "pusher" → "$share/pusher/lab/+/result"; empty = every instance reads every answer.
+    # Statuses (presence) are always read by every instance, retained ones included.
     mqtt_shared_group: str | None = None
 
     @field_validator("mqtt_topic_prefix")

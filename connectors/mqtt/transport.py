@@ -194,9 +194,12 @@ class MqttTransport(Transport):
         return options
 
     def _subscriptions(self) -> list[tuple[str, int]]:
+        """Answers through the shared group when one is set (each read by one replica);
+        statuses never: every replica must know every device's presence, and the broker
+        hands retained statuses only to plain subscriptions."""
         group = self.settings.mqtt_shared_group
         share = f"$share/{group}/" if group else ""
-        return [(f"{share}{self.prefix}/+/result", 1), (f"{share}{self.prefix}/+/status", 1)]
+        return [(f"{share}{self.prefix}/+/result", 1), (f"{self.prefix}/+/status", 1)]
 
     async def run(self) -> None:
         """Connect, subscribe, read answers; reconnect with capped backoff and jitter."""
