@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
@@ -158,6 +159,7 @@ class CommandProducer:
             if future is None:
                 raise failure from exc
             outcome = asyncio.ensure_future(self._late_answer(message, future, started))
+            outcome.add_done_callback(_retrieved)
             raise OutcomeUnknownError(
                 "Kafka did not acknowledge in time; the command may still be accepted",
                 outcome,
@@ -227,6 +229,7 @@ class CommandProducer:
             await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.001))
         if request_ids is not None and not all(future.done() for future in futures):
             outcome = asyncio.ensure_future(self._late_batch(messages, pending, futures, started))
+            outcome.add_done_callback(_retrieved)
             raise OutcomeUnknownError(
                 "Kafka did not acknowledge every command in time; they may still be accepted",
                 outcome,
@@ -388,3 +391,10 @@ class CommandProducer:
             protocol=message.protocol.value,
             error_type=error.error_type,
         )
+
+
+def _retrieved(outcome: asyncio.Future[Any]) -> None:
+    """A late outcome nobody waits for (no Idempotency-Key) ends quietly: its failure was
+    already counted and answered as 503."""
+    if not outcome.cancelled():
+        outcome.exception()
