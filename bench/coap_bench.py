@@ -90,7 +90,6 @@ async def connector_rate(kafka: str, base_port: int, total: int, devices: int, w
         kafka_topic_partitions=6,
         connector_group_id=topic,
         connector_metrics_port=0,
-        connector_state_dir=work / "state",
         device_registry_path=registry,
         log_level="WARNING",
     )

@@ -56,7 +56,6 @@ def connector_settings(
         mqtt_broker_url=mqtt.url,
         mqtt_client_id=f"bench-{uuid.uuid4().hex[:6]}",
         connector_metrics_port=0,
-        connector_state_dir=state,
         log_level="WARNING",
         **extra,
     )
@@ -204,7 +203,6 @@ async def latency(kafka: str, mqtt: PrivateMosquitto, rate: int, seconds: int, d
         "MQTT_TOPIC_PREFIX": "lat",
         "MQTT_CLIENT_ID": f"lat-connector-{suffix}",
         "CONNECTOR_METRICS_PORT": str(metrics_port),
-        "CONNECTOR_STATE_DIR": str(work / f"state-{suffix}"),
         "CONNECTOR_GROUP_ID": f"lat-{suffix}",
     }
     device_ids = [f"lat-pico-{n}" for n in range(devices)]

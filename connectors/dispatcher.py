@@ -4,7 +4,8 @@ The ``Dispatcher`` does the work for the head command of each device lane. The r
 keep physical actions safe live here:
 
 * a command is only sent again when the transport says nothing left the process;
-* a request_id already handed to a device (this run, or in the journal) is not sent again;
+* a request_id already handed to a device (by this process or, per the journal in Kafka,
+  by any earlier owner of the partition) is not sent again;
 * a command past ``expires_at`` is reported ``expired`` and not sent;
 * a cancelled command is dropped before it is sent;
 * a device that refuses because it is busy is asked again later without counting it as
@@ -18,7 +19,6 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from connectors.dedupe import RecentRequests
 from connectors.errors import (
     CommandRejected,
     DeliveryTimedOut,
@@ -26,6 +26,7 @@ from connectors.errors import (
     DeviceBusy,
     TransportUnavailable,
 )
+from connectors.journal import JournalUnavailable, SentJournal
 from connectors.observability import ConnectorMetrics
 from connectors.parsers import DeviceAnswer, load_parser
 from connectors.registry import DeviceEntry, DeviceRegistry
@@ -85,7 +86,7 @@ class Dispatcher:
         registry: DeviceRegistry,
         reporter: Reporter,
         metrics: ConnectorMetrics,
-        recent: RecentRequests,
+        journal: SentJournal,
         finish: Callable[[Work], None],
     ) -> None:
         self._settings = settings
@@ -93,7 +94,7 @@ class Dispatcher:
         self._registry = registry
         self._reporter = reporter
         self._metrics = metrics
-        self._recent = recent
+        self._journal = journal
         self._finish = finish
         self._slots = asyncio.Semaphore(settings.connector_max_in_flight)
         self.pending: dict[str, PendingAnswer] = {}
@@ -113,7 +114,13 @@ class Dispatcher:
         if self._expired(command):
             await self._terminal(work, CommandStatus.EXPIRED, "expired before delivery")
             return
-        if command.request_id in self._recent:
+        partition = work.partition.partition
+        if not self._journal.is_loaded(partition):
+            await self._journal.ready(partition)
+            if not self._journal.is_loaded(partition):  # the partition went elsewhere
+                work.abandoned = True
+                return
+        if self._journal.sent(partition, command.request_id):
             self._metrics.outcome("duplicate")
             log.info(
                 "command already handed to the device; not sent again",
@@ -265,9 +272,15 @@ class Dispatcher:
         """One hand-over; TransportUnavailable to retry, None when the command ended."""
         command = work.command
         request_id = command.request_id
-        self._recent.remember(request_id)
-        pending = self._expect_answer(command, delivery.timeout_seconds, policy)
+        partition = work.partition.partition
         work.stage = Stage.SENDING
+        try:
+            # durable before the command leaves: no later owner sends it again
+            await self._journal.remember(partition, request_id)
+        except JournalUnavailable as exc:
+            work.stage = Stage.WAITING
+            return TransportUnavailable(f"sent-command journal not written: {exc}")
+        pending = self._expect_answer(command, delivery.timeout_seconds, policy)
         sent_report: asyncio.Task[None] | None = None
         try:
             receipt_future = self._transport.submit(delivery)
@@ -278,9 +291,9 @@ class Dispatcher:
             return await receipt_future, sent_report, pending
         except TransportUnavailable as exc:
             # nothing left the process: safe to send again later
-            self._recent.forget(request_id)
             self.pending.pop(request_id, None)
             work.stage = Stage.WAITING
+            await self._journal.forget(partition, request_id)
             if sent_report is not None:
                 await sent_report
             return exc
@@ -357,6 +370,14 @@ class Dispatcher:
         return pending
 
     # -- answers and deadlines --------------------------------------------------------
+
+    def release(self, request_ids: list[str]) -> None:
+        """Stop waiting for these answers without reporting (their partition went to
+        another replica, which reports what the device says)."""
+        for request_id in request_ids:
+            pending = self.pending.pop(request_id, None)
+            if pending is not None and pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_result(None)
 
     def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
         """Report a device's answer as the command's terminal status."""

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from connectors.dedupe import RecentRequests
 from connectors.dispatcher import Dispatcher
+from connectors.journal import SentJournal
 from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics
 from connectors.offsets import OffsetBook
@@ -49,17 +51,17 @@ class RecordIntake:
         offsets: OffsetBook,
         metrics: ConnectorMetrics,
         reporter: Reporter,
-        recent: RecentRequests,
+        journal: SentJournal,
     ) -> None:
         self.protocol = protocol
         self._offsets = offsets
         self._metrics = metrics
         self._reporter = reporter
-        self._recent = recent
+        self._journal = journal
         self._dispatcher: Dispatcher | None = None
         self.works: dict[str, Work] = {}
         self.lanes: dict[str, DeviceLane] = {}
-        self.dlq_tasks: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] = set()
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
 
     def bind(self, dispatcher: Dispatcher) -> None:
@@ -73,8 +75,13 @@ class RecordIntake:
         if protocol is not None and protocol.decode(errors="replace") != self.protocol:
             self._offsets.finish(partition, record.offset)  # another connector's record
             return
+        # what earlier owners of the partition sent is read back before anything is sent
+        self._journal.load(partition.partition, record.timestamp)
         if headers.get(HEADER_KIND) == MessageKind.CANCEL.value.encode():
-            self._take_cancel(partition, record)
+            if self._journal.is_loaded(partition.partition):
+                self._take_cancel(partition, record)
+            else:
+                self._in_background(self._cancel_when_loaded(partition, record))
             return
         try:
             if record.value is None:
@@ -114,6 +121,19 @@ class RecordIntake:
             )
         lane.add(work)
 
+    async def _cancel_when_loaded(
+        self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        # a cancel for a command an earlier owner already sent must not report cancelled
+        await self._journal.ready(partition.partition)
+        if self._journal.is_loaded(partition.partition):  # else: no longer ours
+            self._take_cancel(partition, record)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def _take_cancel(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
             cancel = CancelMessage.model_validate_json(record.value or b"")
@@ -136,7 +156,7 @@ class RecordIntake:
                 )
             )
             return
-        if work is not None or cancel.request_id in self._recent:
+        if work is not None or self._journal.sent(partition.partition, cancel.request_id):
             status = work.last_status if work is not None else CommandStatus.SENT
             if work is not None and work.cancelled:
                 return  # a second cancel for the same command
@@ -171,13 +191,20 @@ class RecordIntake:
             await self._reporter.dead_letter(record, reason)
             self._offsets.finish(partition, record.offset)
 
-        task = asyncio.create_task(write())
-        self.dlq_tasks.add(task)
-        task.add_done_callback(self.dlq_tasks.discard)
+        self._in_background(write())
 
     def finish(self, work: Work) -> None:
         self.works.pop(work.command.request_id, None)
         self._offsets.finish(work.partition, work.offset)
+
+    def drop(self, partitions: set[TopicPartition]) -> list[Work]:
+        """Forget the commands of partitions that went to another replica; returns them."""
+        dropped = [work for work in self.works.values() if work.partition in partitions]
+        for work in dropped:
+            work.abandoned = True
+            work.wake.set()
+            del self.works[work.command.request_id]
+        return dropped
 
     def lane_idle(self, device_id: str) -> None:
         lane = self.lanes.get(device_id)

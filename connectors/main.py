@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -82,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pusher connector {args.protocol}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if os.environ.get("MQTT_SHARED_GROUP"):
+        log.warning(
+            "MQTT_SHARED_GROUP is no longer used: every replica reads every answer and the "
+            "owner of the device's partition reports it"
+        )
     runtime = ConnectorRuntime(settings, transport)
     try:
         asyncio.run(run(runtime))

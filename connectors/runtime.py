@@ -4,28 +4,34 @@ One consumer group per protocol (``pusher-connector-{protocol}``). Records of ot
 protocols are skipped by their ``protocol`` header without decoding the value. Each
 device's commands run in order in its own lane; lanes run in parallel. An offset is
 committed only when every record before it in the partition is finished (see
-``offsets.py``), so a crash re-delivers instead of losing; the sent-command journal
-(``dedupe.py``) keeps a re-delivered command from reaching the device twice.
+``offsets.py``), so a crash re-delivers instead of losing; the sent-command journal in
+Kafka (``journal.py``) keeps a re-delivered command from reaching a device twice, whichever
+replica owns the partition next.
+
+Device answers that arrive by subscription (MQTT) reach every replica; the one that owns
+the commands partition of the answering device (commands are keyed by device_id) reports
+them, the others ignore them. Answers read while ownership is unsettled (at start, during
+a rebalance) wait a little for it to settle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connectors.dedupe import RecentRequests
 from connectors.dispatcher import Dispatcher
 from connectors.ingress import Refusals
 from connectors.intake import RecordIntake
+from connectors.journal import SentJournal
 from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics, health_app, serve_health
 from connectors.offsets import OffsetBook
+from connectors.ownership import Ownership
 from connectors.parsers import DeviceAnswer, Parser, load_parser
 from connectors.registry import DeviceRegistry
 from connectors.reporter import Reporter
@@ -55,6 +61,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._runtime.hand_back(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._runtime.took_over(assigned)
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
@@ -77,18 +84,12 @@ class ConnectorRuntime:
         self.registry = DeviceRegistry(
             settings.device_registry_path, settings.registry_reload_seconds
         )
-        # One journal per instance: replicas sharing a volume never rewrite each other's.
-        instance = re.sub(r"[^A-Za-z0-9_.-]", "_", settings.connector_id)
-        journal = (
-            settings.connector_state_dir / f"{self.protocol}-{instance}-sent.journal"
-            if settings.connector_state_dir
-            else None
-        )
-        self.recent = RecentRequests(settings.connector_dedupe_size, journal)
+        self.journal = SentJournal(settings, self.protocol)
+        self.ownership = Ownership(settings.kafka_command_topic)
         self.reporter = Reporter(settings, transport.protocol)
         self.offsets = OffsetBook()
         self.intake = RecordIntake(
-            self.protocol, self.offsets, self.metrics, self.reporter, self.recent
+            self.protocol, self.offsets, self.metrics, self.reporter, self.journal
         )
         self.dispatcher = Dispatcher(
             settings,
@@ -96,7 +97,7 @@ class ConnectorRuntime:
             self.registry,
             self.reporter,
             self.metrics,
-            self.recent,
+            self.journal,
             self.intake.finish,
         )
         self.intake.bind(self.dispatcher)
@@ -136,7 +137,12 @@ class ConnectorRuntime:
         async with serve_health(
             app, self.settings.connector_metrics_host, self.settings.connector_metrics_port
         ):
-            self.recent.open()
+            if not self.settings.connector_id_configured:
+                log.warning(
+                    "CONNECTOR_ID not set: a name for this run only; set it to keep the "
+                    "MQTT session across restarts",
+                    connector_id=self.settings.connector_id,
+                )
             await self.reporter.start(self._stopping)
             helpers = [
                 asyncio.create_task(self.transport.run(), name="transport"),
@@ -159,7 +165,7 @@ class ConnectorRuntime:
             log.info("waiting for commands being sent", count=len(sending))
         # polls a handful of states, bounded by the grace period
         while time.monotonic() < deadline and (  # noqa: ASYNC110
-            any(w.stage in (Stage.SENDING, Stage.SENT) for w in sending) or self.intake.dlq_tasks
+            any(w.stage in (Stage.SENDING, Stage.SENT) for w in sending) or self.intake.background
         ):
             await asyncio.sleep(0.05)
 
@@ -172,7 +178,7 @@ class ConnectorRuntime:
             if lane.task is not None:
                 lane.task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
-        self.recent.close()
+        await self.journal.stop()
         log.info("connector stopped", protocol=self.protocol)
 
     def health(self) -> dict[str, Any]:
@@ -191,6 +197,8 @@ class ConnectorRuntime:
     # -- Kafka ------------------------------------------------------------------------
 
     async def _consume_forever(self) -> None:
+        # nothing is taken from the commands topic before the journal can be written
+        await self.journal.start(self._stopping)
         attempt = 0
         while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
@@ -282,22 +290,64 @@ class ConnectorRuntime:
         self.offsets.committed(positions)
 
     async def hand_back(self, revoked: list[TopicPartition]) -> None:
-        """Partitions go to another instance: commit what is finished, drop the rest."""
+        """Partitions go to another instance: nothing more is sent from them; sends under
+        way finish (within the grace period) and what is finished is committed; the rest
+        is dropped here and delivered by the next owner, whom the journal tells what was
+        already sent."""
+        self.ownership.revoked()
+        if not revoked:
+            return
         revoked_set = set(revoked)
         for work in self.works.values():
             if work.partition in revoked_set and work.stage is Stage.WAITING:
                 work.abandoned = True
                 work.wake.set()
+        deadline = time.monotonic() + self.settings.connector_shutdown_grace_seconds
+        # polls a handful of states, bounded by the grace period
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110
+            w.partition in revoked_set and w.stage is Stage.SENDING for w in self.works.values()
+        ):
+            await asyncio.sleep(0.02)
         if self._consumer is not None:
             await self._commit(self._consumer, revoked)
+        dropped = self.intake.drop(revoked_set)
+        # answers to what was sent are the next owner's to report
+        self.dispatcher.release([work.command.request_id for work in dropped])
         self.offsets.forget(revoked)
-        if revoked:
-            log.info("partitions handed back", partitions=sorted(tp.partition for tp in revoked))
+        self.journal.drop([tp.partition for tp in revoked])
+        log.info(
+            "partitions handed back",
+            partitions=sorted(tp.partition for tp in revoked),
+            commands_left=len(dropped),
+        )
+
+    def took_over(self, assigned: list[TopicPartition]) -> None:
+        """Partitions assigned: answers of their devices are now this replica's to report."""
+        partitions = (
+            self._consumer.partitions_for_topic(self.settings.kafka_command_topic)
+            if self._consumer is not None
+            else None
+        )
+        settled = self.ownership.assigned(assigned, len(partitions) if partitions else None)
+        for device_id, answer in settled:
+            self._answered(device_id, answer)
 
     # -- what devices say (DeviceEvents) ----------------------------------------------
 
     def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
-        """A device answered; report it and let its lane go on."""
+        """A device answered; if its commands are this replica's, report it and let its
+        lane go on (answers to another replica's commands are that replica's to report)."""
+        if answer.request_id not in self.dispatcher.pending:
+            owner = self.ownership.owns(device_id)
+            if owner is None:  # ownership unsettled: decided once it is
+                self.ownership.defer(device_id, answer)
+                return
+            if not owner:
+                self.metrics.device_answers.labels(self.protocol, "not_owner").inc()
+                return
+        self._answered(device_id, answer)
+
+    def _answered(self, device_id: str, answer: DeviceAnswer) -> None:
         self.device_presence(device_id, None, None)
         self.dispatcher.device_answered(device_id, answer)
 

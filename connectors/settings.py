@@ -6,7 +6,7 @@ never the API's; every setting has a default that works on a developer machine.
 
 from __future__ import annotations
 
-import socket
+import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -28,7 +28,10 @@ class ConnectorSettings(CoreSettings):
     connector_group_id: str | None = None
     connector_metrics_port: int = Field(9102, ge=0, le=65535)
     connector_metrics_host: str = "0.0.0.0"
-    connector_id: str = Field(default_factory=lambda: socket.gethostname())
+    # This instance's name: its MQTT session and the ``source`` of its status events.
+    # Set it explicitly and keep it across restarts (e.g. ``mqtt-1``); unset, each start
+    # takes a fresh random name (and a clean MQTT session: nothing to resume).
+    connector_id: str = Field(default_factory=lambda: f"ephemeral-{secrets.token_hex(4)}")
     # Unset: the protocol's own default (on_ack for MQTT, on_result for HTTP).
     connector_default_dispatch: DispatchPolicy | None = None
     # Refuse devices missing from the registry even where the protocol could reach them.
@@ -42,10 +45,15 @@ class ConnectorSettings(CoreSettings):
     connector_retry_max_attempts: int = Field(8, ge=1, le=1000)
     connector_retry_max_backoff_seconds: float = Field(10.0, gt=0, le=600)
     connector_shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
-    # request_ids handed to a device are remembered (and journaled in the state dir) so a
-    # re-delivered record is never sent twice.
+    # request_ids handed to a device, per commands partition: journaled in Kafka
+    # (``connectors.journal``) so a re-delivered record is never sent twice, by any replica.
     connector_dedupe_size: int = Field(100_000, ge=100)
-    connector_state_dir: Path | None = Path("./connector-state")
+    # Default: {KAFKA_COMMAND_TOPIC}.journal.{protocol}
+    connector_journal_topic: str | None = None
+    # Replication of the journal topic when a connector creates it (as the API's topics).
+    kafka_topic_replication_factor: int = Field(1, ge=1, le=10)
+    # How far the clocks of API and connector hosts may disagree (journal read-back).
+    connector_journal_skew_seconds: float = Field(300.0, ge=0, le=86_400)
     # What a device may send: larger or deeper messages are refused unread and counted in
     # pusher_connector_rejected_messages_total{reason}.
     connector_max_message_bytes: int = Field(262_144, ge=1024, le=64 * 1024 * 1024)
@@ -53,6 +61,17 @@ class ConnectorSettings(CoreSettings):
     # A device result larger than this (as JSON) is recorded as a truncation marker: the
     # command still ends, and the results topic never sees a record it would refuse.
     max_result_bytes: int = Field(65_536, ge=256, le=8 * 1024 * 1024)
+
+    @field_validator("connector_id")
+    @classmethod
+    def _connector_id_is_a_name(cls, value: str) -> str:
+        check_identifier(value)
+        return value
+
+    @property
+    def connector_id_configured(self) -> bool:
+        """False when CONNECTOR_ID was not set (a random name for this run only)."""
+        return "connector_id" in self.model_fields_set
 
     @field_validator("default_timeout_seconds", mode="before")
     @classmethod
@@ -73,12 +92,11 @@ class MqttSettings(ConnectorSettings):
     mqtt_tls_ca_file: Path | None = None
     mqtt_tls_cert_file: Path | None = None
     mqtt_tls_key_file: Path | None = None
-    # Stable per instance: the broker keeps this session (subscriptions and device answers)
-    # while the connector restarts.
-    mqtt_client_id: str = Field(
-        default_factory=lambda: f"pusher-connector-mqtt-{socket.gethostname()}"[:64]
-    )
-    mqtt_clean_session: bool = False
+    # Default: pusher-connector-mqtt-{CONNECTOR_ID}. The broker keeps this session
+    # (subscriptions and device answers) while the connector restarts.
+    mqtt_client_id: str | None = None
+    # Default: a persistent session when CONNECTOR_ID is set, a clean one otherwise.
+    mqtt_clean_session: bool | None = None
     mqtt_keepalive_seconds: int = Field(30, ge=5, le=3600)
     mqtt_topic_prefix: str = "lab"
     mqtt_max_inflight: int = Field(200, ge=1, le=65535)
@@ -88,10 +106,6 @@ class MqttSettings(ConnectorSettings):
     mqtt_hold_while_offline: bool = True
     # Seconds between last_seen updates sent for a device that keeps answering.
     mqtt_presence_heartbeat_seconds: float = Field(30.0, gt=0)
-    # MQTT shared subscription group for answers when several connectors run, e.g.
-    # "pusher" → "$share/pusher/lab/+/result"; empty = every instance reads every answer.
-    # Statuses (presence) are always read by every instance, retained ones included.
-    mqtt_shared_group: str | None = None
 
     @field_validator("mqtt_topic_prefix")
     @classmethod
@@ -101,7 +115,19 @@ class MqttSettings(ConnectorSettings):
             check_identifier(part)
         return value
 
-    @field_validator("mqtt_shared_group", "mqtt_username", mode="before")
+    @property
+    def mqtt_session_id(self) -> str:
+        """The MQTT client id: MQTT_CLIENT_ID, else one derived from CONNECTOR_ID."""
+        return self.mqtt_client_id or f"pusher-connector-mqtt-{self.connector_id}"[:64]
+
+    @property
+    def mqtt_persistent_session(self) -> bool:
+        """Whether the broker keeps the session between connections."""
+        if self.mqtt_clean_session is not None:
+            return not self.mqtt_clean_session
+        return self.connector_id_configured or self.mqtt_client_id is not None
+
+    @field_validator("mqtt_client_id", "mqtt_clean_session", "mqtt_username", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -75,6 +75,12 @@ class PusherMetrics:
             "Status events on the results topic not yet applied by this tracker.",
             registry=registry,
         )
+        self.tracker_watermark_age = Gauge(
+            "pusher_tracker_watermark_age_seconds",
+            "How far behind now the sweeper decides deadlines: every results partition has "
+            "been read to its end up to this many seconds ago.",
+            registry=registry,
+        )
         self.store_write_latency = Histogram(
             "pusher_store_write_duration_seconds",
             "Status store write transactions, by operation.",

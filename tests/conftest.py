@@ -242,7 +242,7 @@ async def led_stack(
     from tests.mqtt_helpers import mqtt_settings, running_connector, simulators
 
     base = make_settings(tracker_enabled=True)
-    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    settings = mqtt_settings(base, mosquitto)
     async with (
         serve(base) as api,
         running_connector(settings),

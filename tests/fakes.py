@@ -17,7 +17,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from connectors.errors import CommandRejected
+from connectors.journal import JournalUnavailable, SentJournal
 from connectors.registry import DeviceEntry
+from connectors.settings import ConnectorSettings
 from connectors.transport import Delivery, Receipt, Transport
 from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, Protocol
 from preservarium_pusher_api.services.kafka_service import OutgoingRecord, map_kafka_error
@@ -191,3 +193,27 @@ def _metadata(topic: str, offset: int) -> RecordMetadata:
         timestamp_type=0,
         log_start_offset=0,
     )
+
+
+class InMemoryJournal(SentJournal):
+    """The sent-command journal over an in-memory log (``entries`` per partition, shared
+    between instances to play successive owners); ``failing`` refuses every write."""
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        entries: dict[int, list[tuple[str, str]]] | None = None,
+    ) -> None:
+        super().__init__(settings, "mqtt")
+        self.entries: dict[int, list[tuple[str, str]]] = {} if entries is None else entries
+        self.failing = False
+
+    async def _write(self, partition: int, request_id: str, event: str) -> None:
+        if self.failing:
+            raise JournalUnavailable("refused by the test")
+        await asyncio.sleep(0)
+        self.entries.setdefault(partition, []).append((request_id, event))
+
+    async def _read(self, partition: int, start_ms: int) -> list[tuple[str, str]]:
+        await asyncio.sleep(0)
+        return list(self.entries.get(partition, []))

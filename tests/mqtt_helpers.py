@@ -20,11 +20,11 @@ from connectors.runtime import ConnectorRuntime
 from connectors.settings import ConnectorSettings, MqttSettings
 from connectors.transport import Transport
 from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.metrics import PusherMetrics
+from preservarium_pusher_api.services.kafka_service import KafkaService
 
 
-def mqtt_settings(
-    base: Settings, broker: PrivateMosquitto, state_dir: Path, **overrides: Any
-) -> MqttSettings:
+def mqtt_settings(base: Settings, broker: PrivateMosquitto, **overrides: Any) -> MqttSettings:
     """Connector settings on the test's Kafka topics and the private broker."""
     values = base.model_dump()
     values.update(
@@ -33,7 +33,6 @@ def mqtt_settings(
             "mqtt_topic_prefix": overrides.pop("prefix", f"t{uuid.uuid4().hex[:8]}"),
             "mqtt_client_id": f"connector-{uuid.uuid4().hex[:8]}",
             "connector_metrics_port": 0,
-            "connector_state_dir": state_dir,
             "connector_id": "test",
             "connector_group_id": f"connector-{uuid.uuid4().hex[:8]}",
             "mqtt_reconnect_max_backoff_seconds": 0.5,
@@ -62,12 +61,17 @@ def registry_settings(
     values.update(
         device_registry_path=registry_path,
         connector_metrics_port=0,
-        connector_state_dir=tmp_path / f"state-{uuid.uuid4().hex[:6]}",
         connector_id="test",
         connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
     )
     values.update(overrides)
     return settings_class(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def create_topics(settings: Settings) -> None:
+    """The topics the API creates at start, for tests that run connectors without it."""
+    service = KafkaService(settings, PusherMetrics())
+    await service._ensure_topics()
 
 
 @contextlib.asynccontextmanager
@@ -183,3 +187,32 @@ class ConnectorProcess:
         """SIGTERM and wait; returns the exit code."""
         self.process.terminate()
         return self.process.wait(timeout=timeout)
+
+
+async def journal_entries(settings: ConnectorSettings, request_ids: set[str]) -> list[str]:
+    """The sent-command journal's entries about ``request_ids`` (to explain a failure)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from connectors.journal import journal_topic
+
+    topic = journal_topic(settings, "mqtt")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[str] = []
+    try:
+        while batches := await consumer.getmany(timeout_ms=1000):
+            for records in batches.values():
+                for record in records:
+                    entry = json.loads(record.value or b"{}")
+                    if entry.get("request_id") in request_ids:
+                        found.append(
+                            f"p{record.partition}@{record.offset} ts={record.timestamp} {entry}"
+                        )
+    finally:
+        await consumer.stop()
+    return found

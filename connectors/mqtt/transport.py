@@ -171,8 +171,8 @@ class MqttTransport(Transport):
     def _client_options(self) -> dict[str, Any]:
         settings = self.settings
         options: dict[str, Any] = {
-            "identifier": settings.mqtt_client_id,
-            "clean_session": settings.mqtt_clean_session,
+            "identifier": settings.mqtt_session_id,
+            "clean_session": not settings.mqtt_persistent_session,
             "keepalive": settings.mqtt_keepalive_seconds,
             "max_inflight_messages": settings.mqtt_max_inflight,
             "timeout": 10,
@@ -194,12 +194,10 @@ class MqttTransport(Transport):
         return options
 
     def _subscriptions(self) -> list[tuple[str, int]]:
-        """Answers through the shared group when one is set (each read by one replica);
-        statuses never: every replica must know every device's presence, and the broker
-        hands retained statuses only to plain subscriptions."""
-        group = self.settings.mqtt_shared_group
-        share = f"$share/{group}/" if group else ""
-        return [(f"{share}{self.prefix}/+/result", 1), (f"{self.prefix}/+/status", 1)]
+        """Plain subscriptions: every replica reads every answer (the owner of the device's
+        partition reports it) and every status, retained ones included (a shared
+        subscription would split both, and the broker hands it no retained message)."""
+        return [(f"{self.prefix}/+/result", 1), (f"{self.prefix}/+/status", 1)]
 
     async def run(self) -> None:
         """Connect, subscribe, read answers; reconnect with capped backoff and jitter."""

@@ -180,7 +180,6 @@ def connector_settings(
         "connector_metrics_host": "127.0.0.1",
         **extra,
     }
-    values["connector_state_dir"] = work_dir / f"state-{settings_class.__name__.lower()}"
     return settings_class(**values)
 
 

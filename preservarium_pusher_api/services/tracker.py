@@ -12,7 +12,10 @@ refuses alone is dropped (logged, counted) instead of holding the topic.
 The sweeper marks ``queued`` commands past ``expires_at`` as ``expired`` and ``sent`` or
 ``delivered`` commands past their execution deadline as ``timed_out``. Its state is the
 store (survives restarts) and each change is one conditional UPDATE (several trackers
-never double-fire).
+never double-fire). Deadlines respect lag: each tracker notes when it had read each of its
+results partitions to the end (``store.progress``), and the sweeper decides only deadlines
+older than the oldest such time across all partitions and trackers — after a restart, a
+backlog or a rebalance, the events still unread are applied first.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class StatusTracker:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self.running = asyncio.Event()
+        # results partitions read to their end, and when (noted in the store now and then)
+        self._caught_up: dict[int, float] = {}
+        self._progress_noted = 0.0
+        self._result_partitions: int | None = None
 
     async def start(self) -> None:
         """Start consuming and sweeping in the background."""
@@ -140,6 +147,10 @@ class StatusTracker:
             try:
                 await consumer.start()
                 self._consumer = consumer
+                self._result_partitions = (
+                    len(consumer.partitions_for_topic(self._settings.kafka_result_topic) or ())
+                    or None
+                )
                 attempt = 0
                 log.info("status tracker consuming", topic=self._settings.kafka_result_topic)
                 self.running.set()
@@ -152,6 +163,7 @@ class StatusTracker:
                 attempt += 1
             finally:
                 self._consumer = None
+                self._result_partitions = None
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 5)
 
@@ -161,6 +173,7 @@ class StatusTracker:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             if not batches:
                 await self._update_lag(consumer)
+                await self._note_progress(consumer)
                 continue
             presence_topic = self._settings.kafka_presence_topic
             command_topic = self._settings.kafka_command_topic
@@ -225,6 +238,7 @@ class StatusTracker:
             )
             self._record(transitions)
             await self._update_lag(consumer)
+            await self._note_progress(consumer)
 
     async def _apply_one_by_one(
         self,
@@ -278,6 +292,31 @@ class StatusTracker:
                 lag += max(0, highwater - await consumer.position(partition))
         self._metrics.tracker_lag.set(lag)
 
+    async def _note_progress(self, consumer: AIOKafkaConsumer) -> None:
+        """Note the results partitions read to their end as of their last fetch; written
+        to the store at most once per sweep interval."""
+        topic = self._settings.kafka_result_topic
+        for partition in consumer.assignment():
+            if partition.topic != topic:
+                continue
+            highwater = consumer.highwater(partition)
+            fetched_at = consumer.last_poll_timestamp(partition)
+            if highwater is None or not fetched_at:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                if await consumer.position(partition) >= highwater:
+                    self._caught_up[partition.partition] = fetched_at / 1000
+        now = time.monotonic()
+        if self._caught_up and now - self._progress_noted >= self._settings.sweep_interval_seconds:
+            owned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+            noted = {p: at for p, at in self._caught_up.items() if p in owned}
+            self._caught_up.clear()
+            self._progress_noted = now
+            try:
+                await self._store.progress.caught_up(topic, noted)
+            except Exception as exc:  # the sweeper waits; the next note tries again
+                log.warning("tracker progress not noted", error=type(exc).__name__)
+
     def _record(self, transitions: list[Transition]) -> None:
         for transition in transitions:
             protocol = transition.protocol or "unknown"
@@ -297,7 +336,7 @@ class StatusTracker:
         while not self._stopping.is_set():
             started = time.perf_counter()
             try:
-                transitions = await self._store.sweep(grace=self._settings.sweep_grace_seconds)
+                transitions = await self._sweep()
                 if time.time() - last_purge > _PURGE_EVERY_SECONDS:
                     await self._store.idempotency_keys.purge(
                         time.time() - self._settings.idempotency_ttl_seconds
@@ -318,6 +357,20 @@ class StatusTracker:
                 self._record(transitions)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.sweep_interval_seconds)
+
+    async def _sweep(self) -> list[Transition]:
+        """Deadlines up to the trackers' watermark; none while it is unknown."""
+        if self._result_partitions is None:
+            return []  # not consuming: the partition count is unknown
+        read_until = await self._store.progress.watermark(
+            self._settings.kafka_result_topic, self._result_partitions
+        )
+        if read_until is None:
+            return []  # some results partition has never been read to its end
+        self._metrics.tracker_watermark_age.set(max(0.0, time.time() - read_until))
+        return await self._store.sweep(
+            grace=self._settings.sweep_grace_seconds, read_until=read_until
+        )
 
 
 async def run_tracker(settings: Settings) -> None:

@@ -92,3 +92,14 @@ idempotency = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_pusher_idempotency_created", "created_at"),
 )
+
+# How far the trackers have read the results topic: per partition, the last time the
+# partition had nothing left unread. The sweeper decides deadlines only up to the oldest of
+# these, so an unread event always wins over a deadline (``StatusStore.sweep``).
+tracker_progress = Table(
+    "pusher_tracker_progress",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("caught_up_at", Float, nullable=False),
+)

@@ -26,6 +26,7 @@ from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.store.devices import DeviceDirectory
 from preservarium_pusher_api.store.idempotency import IdempotencyKeys
 from preservarium_pusher_api.store.migrate import upgrade
+from preservarium_pusher_api.store.progress import TrackerProgress
 from preservarium_pusher_api.store.records import (
     API_SOURCE,
     SWEEPER_SOURCE,
@@ -90,6 +91,7 @@ class StatusStore:
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self.idempotency_keys = IdempotencyKeys(self.engine, self._insert)
         self.devices = DeviceDirectory(self.engine, self._insert)
+        self.progress = TrackerProgress(self.engine, self._insert)
 
     @property
     def insert(self) -> Any:
@@ -260,16 +262,20 @@ class StatusStore:
                 .on_conflict_do_nothing()
             )
 
-    async def sweep(self, now: float | None = None, grace: float = 0.0) -> list[Transition]:
+    async def sweep(
+        self, now: float | None = None, grace: float = 0.0, read_until: float | None = None
+    ) -> list[Transition]:
         """Expire queued commands past ``expires_at``; time out sent ones past their deadline.
 
         Each row changes in one conditional UPDATE, so several sweepers never double-fire:
         only the one whose UPDATE matched the row records the transition. ``grace`` seconds
         are added to every deadline: the connector that holds the command decides first,
-        and its events may still be on their way.
+        and its events may still be on their way. ``read_until`` (the trackers' watermark,
+        ``progress``) caps the deadlines decided: every event produced before it has been
+        applied, so none of them can be overtaken.
         """
         now = time.time() if now is None else now
-        deadline = now - grace
+        deadline = (now if read_until is None else min(now, read_until)) - grace
         transitions: list[Transition] = []
         rules = [
             (

@@ -20,7 +20,7 @@ async def lab(
     make_settings: SettingsFactory, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> AsyncIterator[tuple[LiveApi, str]]:
     base = make_settings(tracker_enabled=True)
-    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    settings = mqtt_settings(base, mosquitto)
     async with serve(base) as api, running_connector(settings):
         yield api, settings.mqtt_topic_prefix
 

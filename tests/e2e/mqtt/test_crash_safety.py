@@ -21,7 +21,13 @@ from pusher_dev.mosquitto import PrivateMosquitto
 from pusher_dev.pico_simulator import SimulatedPico
 
 from tests.conftest import LiveApi, SettingsFactory, command, serve
-from tests.mqtt_helpers import ConnectorProcess, mqtt_settings, running_connector, simulators
+from tests.mqtt_helpers import (
+    ConnectorProcess,
+    journal_entries,
+    mqtt_settings,
+    running_connector,
+    simulators,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -101,12 +107,15 @@ async def test_sigkill_connector_mid_stream(
 ) -> None:
     """SIGKILL during 2,000 commands, restart: all terminal, each request_id run at most once."""
     base = make_settings(tracker_enabled=True, sweep_grace_seconds=5)
-    settings = mqtt_settings(
-        base, mosquitto, tmp_path / "state", connector_metrics_port=free_port()
-    )
+    settings = mqtt_settings(base, mosquitto, connector_metrics_port=free_port())
     prefix = settings.mqtt_topic_prefix
-    async with serve(base) as api, simulators(mosquitto, prefix, *DEVICES) as sims:
-        first = ConnectorProcess(settings, tmp_path / "connector-1.log")
+    async with (
+        serve(base) as api,
+        simulators(mosquitto, prefix, *DEVICES, recent_requests=0) as sims,
+    ):
+        first = ConnectorProcess(
+            settings.model_copy(update={"connector_id": "first"}), tmp_path / "connector-1.log"
+        )
         try:
             accepted = await submit_all(api)
             at_kill = await wait_executed(sims, 300)
@@ -115,7 +124,9 @@ async def test_sigkill_connector_mid_stream(
             if first.process.poll() is None:
                 first.kill()
         assert at_kill < TOTAL, "the connector finished before it could be killed"
-        second = ConnectorProcess(settings, tmp_path / "connector-2.log")
+        second = ConnectorProcess(
+            settings.model_copy(update={"connector_id": "second"}), tmp_path / "connector-2.log"
+        )
         try:
             counts = await wait_all_terminal(api)
             journal_skips = scrape(
@@ -127,10 +138,13 @@ async def test_sigkill_connector_mid_stream(
         finally:
             if second.process.poll() is None:
                 second.kill()
-    executed: Counter[str] = Counter()
-    for sim in sims:
-        executed.update(sim.executed)
-    assert max(executed.values()) == 1, "a request_id ran twice on the device"
+        executed: Counter[str] = Counter()
+        for sim in sims:
+            executed.update(sim.executed)
+        twice = {request_id for request_id, runs in executed.items() if runs > 1}
+        if twice:
+            print("\n".join(await journal_entries(settings, twice)))
+    assert not twice, f"request_ids ran twice on the devices: {sorted(twice)}"
     assert set(executed) <= set(accepted)
     device_dupes = sum(sim.duplicates_absorbed for sim in sims)
     print(
@@ -144,12 +158,12 @@ async def test_mosquitto_restart_mid_stream(make_settings: SettingsFactory, tmp_
     """Mosquitto restarted during 2,000 commands: all terminal, each request_id run at most once."""
     with PrivateMosquitto() as broker:
         base = make_settings(tracker_enabled=True, sweep_grace_seconds=5)
-        settings = mqtt_settings(base, broker, tmp_path / "state")
+        settings = mqtt_settings(base, broker)
         prefix = settings.mqtt_topic_prefix
         async with (
             serve(base) as api,
             running_connector(settings) as connector,
-            simulators(broker, prefix, *DEVICES) as sims,
+            simulators(broker, prefix, *DEVICES, recent_requests=0) as sims,
         ):
             await submit_all(api)
             at_restart = await wait_executed(sims, 300)

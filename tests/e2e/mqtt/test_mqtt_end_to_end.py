@@ -40,7 +40,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """API with tracker and an MQTT connector on the test's topics and private broker."""
     base = make_settings(tracker_enabled=True)
-    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    settings = mqtt_settings(base, mosquitto)
     async with serve(base) as api, running_connector(settings) as connector:
         yield Stack(api, connector, mosquitto, settings.mqtt_topic_prefix)
 

@@ -63,7 +63,7 @@ async def stack(
     store_url: str,
 ) -> AsyncIterator[Stack]:
     base = make_settings(tracker_enabled=True, status_store_url=store_url)
-    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    settings = mqtt_settings(base, mosquitto)
     prefix = settings.mqtt_topic_prefix
     # Retained before the connector starts: it reads this on every (re)start.
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:

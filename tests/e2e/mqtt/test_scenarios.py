@@ -41,7 +41,7 @@ async def lab(
     make_settings: SettingsFactory, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> AsyncIterator[Lab]:
     base = make_settings(tracker_enabled=True)
-    settings = mqtt_settings(base, mosquitto, tmp_path / "state")
+    settings = mqtt_settings(base, mosquitto)
     async with (
         serve(base) as api,
         running_connector(settings),

@@ -1,4 +1,4 @@
-"""With MQTT_SHARED_GROUP, every connector replica still knows every device's presence."""
+"""Every connector replica of a group knows every device's presence, retained ones included."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pusher_dev.mosquitto import PrivateMosquitto
 
 from tests.conftest import SettingsFactory
-from tests.mqtt_helpers import mqtt_settings, running_connector
+from tests.mqtt_helpers import create_topics, mqtt_settings, running_connector
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -19,11 +19,10 @@ async def test_each_replica_sees_retained_and_live_presence(
     make_settings: SettingsFactory, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> None:
     base = make_settings()
-    first = mqtt_settings(base, mosquitto, tmp_path / "a", mqtt_shared_group="pusher")
+    await create_topics(base)
+    first = mqtt_settings(base, mosquitto)
     prefix = first.mqtt_topic_prefix
-    second = mqtt_settings(
-        base, mosquitto, tmp_path / "b", prefix=prefix, mqtt_shared_group="pusher"
-    )
+    second = mqtt_settings(base, mosquitto, prefix=prefix)
     second = second.model_copy(update={"connector_group_id": first.connector_group_id})
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as device:
         # retained before either replica starts: both must read it at subscribe

@@ -27,9 +27,7 @@ async def test_pusher_connector_mqtt_process(
     registry.write_text("devices:\n  pico-reg:\n    protocol: mqtt\n    dispatch: on_result\n")
     base = make_settings(tracker_enabled=True)
     port = free_port()
-    settings = mqtt_settings(
-        base, mosquitto, tmp_path / "state", connector_require_registration=True
-    )
+    settings = mqtt_settings(base, mosquitto, connector_require_registration=True)
     env = {**os.environ, **settings_env(settings), "LOG_FORMAT": "json"}
     argv = [
         sys.executable, "-m", "pusher_cli", "connector", "mqtt",

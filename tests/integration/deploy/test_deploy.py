@@ -251,7 +251,6 @@ async def test_dashboard_queries_only_metrics_the_code_exports(
     values.update(
         connector_metrics_port=port,
         connector_metrics_host="127.0.0.1",
-        connector_state_dir=tmp_path / "state",
         connector_group_id=f"connector-{uuid.uuid4().hex[:8]}",
     )
     settings = HttpSettings(_env_file=None, **values)  # type: ignore[call-arg]

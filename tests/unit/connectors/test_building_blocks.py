@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.dedupe import RecentRequests
 from connectors.dispatcher import resolve_policy
 from connectors.errors import CommandRejected, ParserError
 from connectors.mqtt.transport import MqttTransport, broker_address, check_topic, presence_from
@@ -45,36 +44,6 @@ def test_commit_position_only_moves_past_a_finished_prefix() -> None:
     assert book.finish(11) and book.committable == 13
     assert len(book) == 0
     assert not book.finish(5)  # already committed: ignored
-
-
-def test_journal_survives_a_restart_and_honours_forget(tmp_path: Path) -> None:
-    """request_ids written before a crash are known after it; a forgotten one is not."""
-    path = tmp_path / "state" / "mqtt-sent.journal"
-    first = RecentRequests(100, path)
-    first.open()
-    first.remember("a")
-    first.remember("b")
-    first.forget("b")
-    # a process killed mid-write leaves a torn last line, which must be ignored
-    with path.open("a") as journal:
-        journal.write("torn-li")
-    first.close()
-    second = RecentRequests(100, path)
-    second.open()
-    assert "a" in second and "b" not in second and "torn-li" not in second
-    second.close()
-
-
-def test_journal_is_bounded_and_compacted(tmp_path: Path) -> None:
-    """Memory keeps the newest ids only and the file is rewritten instead of growing forever."""
-    path = tmp_path / "journal"
-    recent = RecentRequests(100, path)
-    recent.open()
-    for n in range(1000):
-        recent.remember(f"id-{n}")
-    assert len(recent) == 100 and "id-999" in recent and "id-0" not in recent
-    assert len(path.read_text().splitlines()) <= 201
-    recent.close()
 
 
 REGISTRY_YAML = """

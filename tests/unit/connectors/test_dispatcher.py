@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from connectors.dedupe import RecentRequests
 from connectors.dispatcher import Dispatcher
 from connectors.errors import (
     CommandRejected,
@@ -39,7 +38,7 @@ from preservarium_pusher_api.core.contract import (
     DispatchPolicy,
     utc_now,
 )
-from tests.fakes import FakeTransport, InMemoryProducer
+from tests.fakes import FakeTransport, InMemoryJournal, InMemoryProducer
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +54,7 @@ class Bench:
     dispatcher: Dispatcher
     producer: InMemoryProducer
     metrics: ConnectorMetrics
-    recent: RecentRequests
+    journal: InMemoryJournal
     finished: list[Work] = field(default_factory=list)
     offsets: int = 0
 
@@ -98,7 +97,6 @@ def command(**overrides: Any) -> CommandMessage:
 def bench(transport: FakeTransport | None = None, **settings: Any) -> Bench:
     values: dict[str, Any] = {
         "kafka_result_topic": RESULTS,
-        "connector_state_dir": None,
         "connector_retry_max_backoff_seconds": 0.01,
         "connector_retry_max_attempts": 3,
         "connector_id": "unit",
@@ -108,7 +106,8 @@ def bench(transport: FakeTransport | None = None, **settings: Any) -> Bench:
     transport = transport or FakeTransport()
     producer = InMemoryProducer()
     metrics = ConnectorMetrics(transport.protocol.value)
-    recent = RecentRequests(1000)
+    journal = InMemoryJournal(config)
+    journal.load(PARTITION.partition, 0)
     finished: list[Work] = []
     dispatcher = Dispatcher(
         config,
@@ -116,10 +115,10 @@ def bench(transport: FakeTransport | None = None, **settings: Any) -> Bench:
         DeviceRegistry(None),
         Reporter(config, transport.protocol, producer),  # type: ignore[arg-type]
         metrics,
-        recent,
+        journal,
         finished.append,
     )
-    return Bench(transport, dispatcher, producer, metrics, recent, finished)
+    return Bench(transport, dispatcher, producer, metrics, journal, finished)
 
 
 async def test_acknowledged_send_reports_sent_then_delivered_once() -> None:
@@ -272,7 +271,7 @@ async def test_request_id_already_handed_over_is_not_sent_again() -> None:
     """A redelivered record whose request_id is in the journal is skipped."""
     b = bench()
     first = b.work()
-    b.recent.remember(first.command.request_id)
+    await b.journal.remember(PARTITION.partition, first.command.request_id)
     await b.dispatcher.process(first)
     assert b.transport.sent == []
     assert first.stage is Stage.DONE
@@ -398,3 +397,36 @@ async def test_stopping_dispatcher_leaves_waiting_commands_for_the_next_owner() 
     await b.dispatcher.process(work)
     assert work.abandoned and work.stage is Stage.WAITING
     assert b.transport.sent == [] and b.statuses() == []
+
+
+async def test_command_is_not_sent_before_the_journal_has_it() -> None:
+    """While the journal refuses writes nothing reaches the device; once it takes them
+    the command is sent, once."""
+    b = bench(connector_retry_max_attempts=50)
+    b.journal.failing = True
+    work = b.work()
+    processing = asyncio.create_task(b.dispatcher.process(work))
+    await asyncio.sleep(0.1)
+    assert b.transport.sent == []
+    b.journal.failing = False
+    await asyncio.wait_for(processing, 5)
+    await b.settle(work)
+    assert [d.command.request_id for d in b.transport.sent] == [work.command.request_id]
+    assert b.journal.entries[PARTITION.partition] == [(work.command.request_id, "sent")]
+
+
+async def test_next_owner_skips_what_the_previous_owner_sent() -> None:
+    """A record redelivered to another replica after a crash is not sent again: the
+    journal entry written before the first send is read back first."""
+    first = bench()
+    work = first.work()
+    await first.dispatcher.process(work)
+    await first.settle(work)
+    second = bench()
+    second.journal.entries.update(first.journal.entries)
+    second.journal.drop([PARTITION.partition])
+    second.journal.load(PARTITION.partition, 0)
+    again = Work(work.command, PARTITION, work.offset)
+    await second.dispatcher.process(again)
+    assert second.transport.sent == []
+    assert again.stage is Stage.DONE

@@ -24,7 +24,6 @@ def reporter(producer: InMemoryProducer, **settings: object) -> Reporter:
         _env_file=None,  # type: ignore[call-arg]
         kafka_result_topic="results",
         connector_id="unit",
-        connector_state_dir=None,
         **settings,
     )
     return Reporter(config, Protocol.MQTT, producer)  # type: ignore[arg-type]

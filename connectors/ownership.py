@@ -1,0 +1,76 @@
+"""Which replica reports a device's answers: the owner of the device's commands partition.
+
+Every replica reads every device answer (plain MQTT subscriptions). Commands are keyed by
+device_id, so the Kafka default partitioner (murmur2, as the API's producer and the Java
+clients use) names the one commands partition — and so the one replica — that holds a
+device's commands. That replica reports the answer and releases its lane; the others
+ignore it. While the assignment is unsettled (at start, during a rebalance), answers wait
+here, bounded in number and time, until it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from preservarium_pusher_api.core.logging import get_logger
+
+log = get_logger(__name__)
+
+_DEFERRED_MAX = 10_000
+_DEFERRED_SECONDS = 60.0
+
+
+class Ownership:
+    """The commands partitions this replica owns, and answers waiting for them."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._owned: set[int] | None = None
+        self._count: int | None = None
+        self._deferred: deque[tuple[float, str, Any]] = deque()
+        self._partitioner = DefaultPartitioner()
+
+    def revoked(self) -> None:
+        """A rebalance started: ownership is unsettled until the next assignment."""
+        self._owned = None
+
+    def assigned(self, assigned: list[Any], partitions: int | None) -> list[tuple[str, Any]]:
+        """The assignment settled; returns the deferred answers that are now this
+        replica's to report (the others are dropped)."""
+        self._owned = {tp.partition for tp in assigned if tp.topic == self._topic}
+        self._count = partitions or self._count
+        waiting, self._deferred = self._deferred, deque()
+        now = time.monotonic()
+        return [
+            (device_id, answer)
+            for at, device_id, answer in waiting
+            if now - at < _DEFERRED_SECONDS and self.owns(device_id)
+        ]
+
+    def partition_of(self, device_id: str) -> int | None:
+        """The commands partition of the device's commands (None: count unknown yet)."""
+        if not self._count:
+            return None
+        partitions = list(range(self._count))
+        return int(self._partitioner(device_id.encode(), partitions, partitions))
+
+    def owns(self, device_id: str) -> bool | None:
+        """True/False once the assignment is settled; None while it is not."""
+        if self._owned is None:
+            return None
+        partition = self.partition_of(device_id)
+        return None if partition is None else partition in self._owned
+
+    def defer(self, device_id: str, answer: Any) -> None:
+        """Keep an answer until ownership settles (oldest dropped beyond the bounds)."""
+        now = time.monotonic()
+        while self._deferred and (
+            len(self._deferred) >= _DEFERRED_MAX or now - self._deferred[0][0] > _DEFERRED_SECONDS
+        ):
+            self._deferred.popleft()
+            log.warning("device answer dropped: ownership did not settle in time")
+        self._deferred.append((now, device_id, answer))

@@ -1,0 +1,127 @@
+"""The sent-command journal's rules and answer ownership, without a broker.
+
+The same rules run against the embedded broker in
+``tests/integration/connectors/test_journal_kafka.py`` and, with replicas and SIGKILL, in
+``tests/chaos``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+
+from connectors.journal import JournalUnavailable
+from connectors.ownership import Ownership
+from connectors.settings import ConnectorSettings
+from tests.fakes import InMemoryJournal
+
+pytestmark = pytest.mark.unit
+
+
+def settings(**values: Any) -> ConnectorSettings:
+    return ConnectorSettings(_env_file=None, connector_id="unit", **values)  # type: ignore[call-arg]
+
+
+async def test_next_owner_knows_what_the_previous_one_sent() -> None:
+    """What one owner wrote is known to the next after it reads the partition back;
+    a forgotten entry (surely not sent) is not; other partitions are not mixed in."""
+    shared: dict[int, list[tuple[str, str]]] = {}
+    first = InMemoryJournal(settings(), shared)
+    first.load(3, 0)
+    await first.ready(3)
+    await first.remember(3, "a")
+    await first.remember(3, "b")
+    await first.forget(3, "b")
+    first.load(4, 0)
+    await first.ready(4)
+    await first.remember(4, "c")
+
+    second = InMemoryJournal(settings(), shared)
+    second.load(3, 0)
+    assert not second.is_loaded(3)
+    await second.ready(3)
+    assert second.sent(3, "a")
+    assert not second.sent(3, "b")
+    assert not second.sent(3, "c")
+    assert "c" not in second
+
+
+async def test_refused_write_is_not_remembered() -> None:
+    """A write the broker does not acknowledge raises and leaves nothing behind."""
+    journal = InMemoryJournal(settings())
+    journal.load(0, 0)
+    await journal.ready(0)
+    journal.failing = True
+    with pytest.raises(JournalUnavailable):
+        await journal.remember(0, "a")
+    assert not journal.sent(0, "a")
+
+
+async def test_dropped_partition_wakes_waiters_and_forgets() -> None:
+    """A partition handed to another replica: what was known goes, and a lane waiting
+    for the read-back wakes up to find the partition gone."""
+    journal = InMemoryJournal(settings())
+    journal.load(1, 0)
+    await journal.ready(1)
+    await journal.remember(1, "a")
+    journal.drop([1])
+    assert not journal.sent(1, "a") and not journal.is_loaded(1)
+
+    slow = InMemoryJournal(settings())
+
+    async def never(partition: int, start_ms: int) -> list[tuple[str, str]]:
+        await asyncio.Event().wait()
+        return []
+
+    slow._read = never  # type: ignore[method-assign]
+    slow.load(2, 0)
+    waiter = asyncio.create_task(slow.ready(2))
+    await asyncio.sleep(0.01)
+    slow.drop([2])
+    await asyncio.wait_for(waiter, 1)
+    assert not slow.is_loaded(2)
+
+
+async def test_each_partition_is_bounded() -> None:
+    """Memory keeps the newest request_ids of a partition only."""
+    journal = InMemoryJournal(settings(connector_dedupe_size=100))
+    journal.load(0, 0)
+    await journal.ready(0)
+    for n in range(300):
+        await journal.remember(0, f"id-{n}")
+    assert len(journal) == 100 and journal.sent(0, "id-299") and not journal.sent(0, "id-0")
+
+
+def test_answer_owner_is_the_partition_the_producer_picks() -> None:
+    """The owner of a device's answers is the replica holding the partition that the
+    producer's default partitioner (murmur2) gives the device's key."""
+    partitioner = DefaultPartitioner()
+    ownership = Ownership("commands")
+    assert ownership.owns("pico-1") is None  # unsettled before the first assignment
+    ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 2)], 6)
+    for n in range(200):
+        device = f"device-{n}"
+        expected = partitioner(device.encode(), list(range(6)), list(range(6)))
+        assert ownership.partition_of(device) == expected
+        assert ownership.owns(device) is (expected in (0, 2))
+
+
+def test_answers_wait_for_the_assignment_then_go_to_their_owner() -> None:
+    """Answers read during a rebalance are kept; the next assignment returns those this
+    replica owns and drops the rest."""
+    ownership = Ownership("commands")
+    ownership.assigned([TopicPartition("commands", p) for p in range(6)], 6)
+    ownership.revoked()
+    assert ownership.owns("pico-1") is None
+    devices = [f"device-{n}" for n in range(50)]
+    for device in devices:
+        ownership.defer(device, f"answer-of-{device}")
+    mine = [TopicPartition("commands", 1)]
+    settled = ownership.assigned(mine, 6)
+    expected = [d for d in devices if ownership.partition_of(d) == 1]
+    assert expected and [device for device, _ in settled] == expected
+    assert ownership.assigned(mine, 6) == []  # handed out once
