@@ -25,7 +25,6 @@ ENV PATH=/opt/pusher/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     API_HOST=0.0.0.0 \
     CONNECTOR_METRICS_HOST=0.0.0.0 \
-    CONNECTOR_STATE_DIR=/var/lib/pusher/connector-state \
     HEALTHCHECK_URL=http://127.0.0.1:8000/health
 RUN groupadd --system --gid 10001 pusher \
     && useradd --system --uid 10001 --gid pusher --home-dir /var/lib/pusher --create-home pusher

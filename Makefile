@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: dev test lint format bench clean
+.PHONY: dev test lint format bench chaos clean
 
 $(STAMP): pyproject.toml devtools/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)  ## load test; writes docs/benchmarks.md
 	$(BIN)/python bench/run_bench.py $(ARGS)
 	$(BIN)/python bench/mqtt_bench.py
 	$(BIN)/python bench/coap_bench.py
+
+chaos: $(STAMP)  ## replicas under faults (full size); writes docs/reliability.md
+	rm -f .chaos-report.jsonl
+	CHAOS_FULL=1 CHAOS_REPORT=.chaos-report.jsonl $(BIN)/pytest -s tests/chaos $(ARGS)
+	$(BIN)/python -m tests.chaos.report .chaos-report.jsonl docs/reliability.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

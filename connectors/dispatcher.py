@@ -29,7 +29,8 @@ from connectors.errors import (
 from connectors.journal import JournalUnavailable, SentJournal
 from connectors.observability import ConnectorMetrics
 from connectors.parsers import DeviceAnswer, load_parser
-from connectors.registry import DeviceEntry, DeviceRegistry
+from connectors.policy import resolve_policy
+from connectors.registry import DeviceRegistry
 from connectors.reporter import Reporter
 from connectors.settings import ConnectorSettings
 from connectors.transport import Delivery, Receipt, Transport
@@ -51,31 +52,6 @@ _BUSY_RETRY_SECONDS = 0.5
 _BUSY_RETRY_MAX_SECONDS = 10.0
 
 
-def resolve_policy(
-    command: CommandMessage, device: DeviceEntry | None, default: DispatchPolicy
-) -> DispatchPolicy:
-    """Dispatch policy: the registry's (else the default), made stricter by
-    ``metadata.dispatch`` when it asks for that — never weaker: a caller cannot make a
-    device that must finish one command before the next (``on_result``) take a burst.
-
-    Raises:
-        CommandRejected: ``metadata.dispatch`` names no policy.
-    """
-    base = device.dispatch if device is not None and device.dispatch is not None else default
-    requested = command.metadata.get("dispatch")
-    if requested is None:
-        return base
-    try:
-        wanted = DispatchPolicy(requested)
-    except ValueError:
-        choices = ", ".join(policy.value for policy in DispatchPolicy)
-        raise CommandRejected(f"metadata.dispatch must be one of {choices}") from None
-    return max(base, wanted, key=_STRICTNESS.index)
-
-
-_STRICTNESS = [DispatchPolicy.BURST, DispatchPolicy.ON_ACK, DispatchPolicy.ON_RESULT]
-
-
 class Dispatcher:
     """Delivers commands through one transport and reports what happened."""
 
@@ -88,6 +64,7 @@ class Dispatcher:
         metrics: ConnectorMetrics,
         journal: SentJournal,
         finish: Callable[[Work], None],
+        park: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
@@ -96,6 +73,7 @@ class Dispatcher:
         self._metrics = metrics
         self._journal = journal
         self._finish = finish
+        self._park = park
         self._slots = asyncio.Semaphore(settings.connector_max_in_flight)
         self.pending: dict[str, PendingAnswer] = {}
         self.stopping = False
@@ -126,6 +104,17 @@ class Dispatcher:
                 "command already handed to the device; not sent again",
                 request_id=command.request_id,
                 device_id=command.device_id,
+            )
+            # Its owner may have died before reporting it: say it was sent (statuses only
+            # move forward, so this changes nothing if it was), and its answer or its
+            # deadline ends it — never a command left queued forever.
+            await self._reporter.emit(
+                self._reporter.status_event(
+                    command.request_id,
+                    command.device_id,
+                    CommandStatus.SENT,
+                    "handed to the device earlier (sent-command journal); not sent again",
+                )
             )
             self._done(work)
             return
@@ -197,6 +186,7 @@ class Dispatcher:
     async def _hold(self, work: Work, delivery: Delivery) -> bool:
         """Wait until the device may be sent to; False when the command ended meanwhile."""
         command = work.command
+        held_since: float | None = None
         while True:
             if work.abandoned or self.stopping:
                 work.abandoned = True  # left uncommitted: the next owner delivers it
@@ -213,6 +203,15 @@ class Dispatcher:
                     self._slots.release()
                     continue
                 return True
+            held_since = held_since or time.monotonic()
+            park_after = self._settings.connector_park_after_seconds
+            if (
+                self._park is not None
+                and park_after is not None
+                and not work.parked
+                and time.monotonic() - held_since >= park_after
+            ):
+                self._park(command.device_id)  # the commit moves on while it waits
             work.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(work.wake.wait(), self._recheck_after(command))

@@ -24,7 +24,10 @@ from connectors.journal import SentJournal
 from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics
 from connectors.offsets import OffsetBook
+from connectors.parking import ParkingLot, ParkingUnavailable
 from connectors.reporter import Reporter
+from connectors.settings import ConnectorSettings
+from connectors.takeover import Takeover
 from connectors.work import Stage, Work
 from preservarium_pusher_api.core.contract import (
     HEADER_KIND,
@@ -52,6 +55,8 @@ class RecordIntake:
         metrics: ConnectorMetrics,
         reporter: Reporter,
         journal: SentJournal,
+        lot: ParkingLot,
+        settings: ConnectorSettings,
     ) -> None:
         self.protocol = protocol
         self._offsets = offsets
@@ -63,25 +68,30 @@ class RecordIntake:
         self.lanes: dict[str, DeviceLane] = {}
         self.background: set[asyncio.Task[None]] = set()
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        self._lot = lot
+        self._parking: set[str] = set()
+        self.takeover = Takeover(settings, journal, lot, self.enqueue, self._take_now)
 
     def bind(self, dispatcher: Dispatcher) -> None:
         """The dispatcher the device lanes run their commands through."""
         self._dispatcher = dispatcher
 
     def take(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        """A fetched record; it waits while its partition is being taken over."""
         self._offsets.track(partition, record.offset)
+        if self.takeover.ready(partition):
+            self._take_now(partition, record)
+        else:
+            self.takeover.hold(partition, record)
+
+    def _take_now(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         headers = dict(record.headers)
         protocol = headers.get(HEADER_PROTOCOL)
         if protocol is not None and protocol.decode(errors="replace") != self.protocol:
             self._offsets.finish(partition, record.offset)  # another connector's record
             return
-        # what earlier owners of the partition sent is read back before anything is sent
-        self._journal.load(partition.partition, record.timestamp)
         if headers.get(HEADER_KIND) == MessageKind.CANCEL.value.encode():
-            if self._journal.is_loaded(partition.partition):
-                self._take_cancel(partition, record)
-            else:
-                self._in_background(self._cancel_when_loaded(partition, record))
+            self._take_cancel(partition, record)
             return
         try:
             if record.value is None:
@@ -112,6 +122,11 @@ class RecordIntake:
                     "cancelled before it was sent to the device",
                 )
             )
+        self.enqueue(work)
+
+    def enqueue(self, work: Work) -> None:
+        """Put a command behind its device's earlier ones (parked too, if they are)."""
+        command = work.command
         self.works[command.request_id] = work
         lane = self.lanes.get(command.device_id)
         if lane is None:
@@ -120,14 +135,50 @@ class RecordIntake:
                 command.device_id, self._dispatcher, self.lane_idle
             )
         lane.add(work)
+        if lane.queue[0].parked and not work.parked:
+            self.park(command.device_id)  # behind parked commands: parked as well
 
-    async def _cancel_when_loaded(
-        self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]
-    ) -> None:
-        # a cancel for a command an earlier owner already sent must not report cancelled
-        await self._journal.ready(partition.partition)
-        if self._journal.is_loaded(partition.partition):  # else: no longer ours
-            self._take_cancel(partition, record)
+    # -- the parking lot (``parking.py``) ---------------------------------------------
+
+    def park(self, device_id: str) -> None:
+        """Park the device's waiting commands, in order (in the background, once)."""
+        if device_id in self._parking:
+            return
+        self._parking.add(device_id)
+        self._in_background(self._park_lane(device_id))
+
+    async def _park_lane(self, device_id: str) -> None:
+        try:
+            lane = self.lanes.get(device_id)
+            while lane is not None:
+                todo = [w for w in lane.queue if not w.parked and w.stage is Stage.WAITING]
+                todo = [w for w in todo if not (w.abandoned or w.cancelled)]
+                if not todo:
+                    return
+                for work in todo:
+                    partition = work.partition.partition
+                    try:
+                        await self._lot.park(partition, work.command, work.traceparent)
+                    except ParkingUnavailable:
+                        return  # still held; parked on the next try
+                    work.parked = True
+                    self._offsets.finish(work.partition, work.offset)
+                    if work.stage is Stage.DONE:  # sent meanwhile: out of the lot again
+                        await self._unpark(work)
+                    self._metrics.parked.labels(self.protocol).inc()
+                lane = self.lanes.get(device_id)
+        finally:
+            self._parking.discard(device_id)
+
+    async def _unpark(self, work: Work) -> None:
+        try:
+            await self._lot.unpark(work.partition.partition, work.command.request_id)
+        except ParkingUnavailable:
+            # left in the lot: the next owner reads it back and the journal (or its
+            # terminal status) keeps it from running again
+            log.warning(
+                "parked command not taken out of the lot", request_id=work.command.request_id
+            )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -140,8 +191,12 @@ class RecordIntake:
         except ValidationError as exc:
             self._dead_letter(partition, record, exc)
             return
-        self._offsets.finish(partition, record.offset)
         work = self.works.get(cancel.request_id)
+        if work is not None and work.parked and work.stage is Stage.WAITING:
+            # the cancel's offset is finished once the lot no longer holds the command
+            self._in_background(self._unpark_then_finish(work, partition, record.offset))
+        else:
+            self._offsets.finish(partition, record.offset)
         if work is not None and work.stage is Stage.WAITING and not work.cancelled:
             work.cancelled = True
             work.wake.set()
@@ -193,12 +248,23 @@ class RecordIntake:
 
         self._in_background(write())
 
+    async def _unpark_then_finish(self, work: Work, partition: TopicPartition, offset: int) -> None:
+        try:
+            await self._lot.unpark(work.partition.partition, work.command.request_id)
+        except ParkingUnavailable:
+            return  # not finished: the cancel comes again after a restart
+        self._offsets.finish(partition, offset)
+
     def finish(self, work: Work) -> None:
         self.works.pop(work.command.request_id, None)
-        self._offsets.finish(work.partition, work.offset)
+        if work.parked:
+            self._in_background(self._unpark(work))
+        else:
+            self._offsets.finish(work.partition, work.offset)
 
     def drop(self, partitions: set[TopicPartition]) -> list[Work]:
         """Forget the commands of partitions that went to another replica; returns them."""
+        self.takeover.drop(partitions)
         dropped = [work for work in self.works.values() if work.partition in partitions]
         for work in dropped:
             work.abandoned = True

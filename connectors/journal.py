@@ -28,10 +28,10 @@ import time
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from connectors.settings import ConnectorSettings
+from connectors.topics import ensure_like_commands
 from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
@@ -79,7 +79,7 @@ class SentJournal:
             )
             try:
                 await producer.start()
-                await self._ensure_topic()
+                await ensure_like_commands(self._settings, self.topic)
             except (KafkaError, OSError, TimeoutError) as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
@@ -101,26 +101,10 @@ class SentJournal:
                 await asyncio.wait_for(self._producer.stop(), 5)
             self._producer = None
 
-    async def _ensure_topic(self) -> None:
-        settings = self._settings
-        admin = AIOKafkaAdminClient(**connection_options(settings))
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            if self.topic in existing:
-                return
-            if settings.kafka_command_topic not in existing:
-                # the API creates the commands topic; the journal follows its partitioning
-                raise KafkaError(f"commands topic {settings.kafka_command_topic!r} missing")
-            described = await admin.describe_topics([settings.kafka_command_topic])
-            partitions = len(described[0]["partitions"])
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(self.topic, partitions, settings.kafka_topic_replication_factor)]
-                )
-            log.info("journal topic created", topic=self.topic, partitions=partitions)
-        finally:
-            await admin.close()
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The acks=all producer (shared with the parking lot), once started."""
+        return self._producer
 
     # -- what a partition's owner knows -----------------------------------------------
 
@@ -260,8 +244,8 @@ class SentJournal:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         try:
+            await consumer.start()
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
@@ -285,6 +269,37 @@ class SentJournal:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 5)
+
+
+async def timestamp_at(
+    settings: ConnectorSettings, tp: TopicPartition, offset: int | None
+) -> int | None:
+    """The timestamp (ms) of the record at ``offset`` of ``tp`` (or the first after it;
+    None: from the beginning); None when there is none yet."""
+    consumer = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        await consumer.start()
+        consumer.assign([tp])
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+            records = batches.get(tp, [])
+            if records:
+                return int(records[0].timestamp)
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                return None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
 
 
 def _decode(value: bytes | None) -> tuple[str, str] | None:

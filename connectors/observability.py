@@ -101,6 +101,13 @@ class ConnectorMetrics:
             ["protocol", "outcome"],
             registry=self.registry,
         )
+        self.parked = Counter(
+            "pusher_connector_parked_commands",
+            "Commands parked while their device was offline (out of the partition's "
+            "uncommitted window)",
+            ["protocol"],
+            registry=self.registry,
+        )
         self.rejected_messages = Counter(
             "pusher_connector_rejected_messages",
             "Device messages dropped unread: too_large, too_deep, not_utf8, bad_device_id, "

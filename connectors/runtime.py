@@ -32,6 +32,7 @@ from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics, health_app, serve_health
 from connectors.offsets import OffsetBook
 from connectors.ownership import Ownership
+from connectors.parking import ParkingLot
 from connectors.parsers import DeviceAnswer, Parser, load_parser
 from connectors.registry import DeviceRegistry
 from connectors.reporter import Reporter
@@ -85,11 +86,18 @@ class ConnectorRuntime:
             settings.device_registry_path, settings.registry_reload_seconds
         )
         self.journal = SentJournal(settings, self.protocol)
+        self.lot = ParkingLot(settings, self.protocol)
         self.ownership = Ownership(settings.kafka_command_topic)
         self.reporter = Reporter(settings, transport.protocol)
         self.offsets = OffsetBook()
         self.intake = RecordIntake(
-            self.protocol, self.offsets, self.metrics, self.reporter, self.journal
+            self.protocol,
+            self.offsets,
+            self.metrics,
+            self.reporter,
+            self.journal,
+            self.lot,
+            settings,
         )
         self.dispatcher = Dispatcher(
             settings,
@@ -99,6 +107,7 @@ class ConnectorRuntime:
             self.metrics,
             self.journal,
             self.intake.finish,
+            self.intake.park,
         )
         self.intake.bind(self.dispatcher)
         self._presence: dict[str, tuple[bool | None, float]] = {}
@@ -178,6 +187,7 @@ class ConnectorRuntime:
             if lane.task is not None:
                 lane.task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        await self.intake.takeover.stop()
         await self.journal.stop()
         log.info("connector stopped", protocol=self.protocol)
 
@@ -199,6 +209,7 @@ class ConnectorRuntime:
     async def _consume_forever(self) -> None:
         # nothing is taken from the commands topic before the journal can be written
         await self.journal.start(self._stopping)
+        await self._open_lot()
         attempt = 0
         while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
@@ -207,8 +218,9 @@ class ConnectorRuntime:
             )
             consumer.subscribe([self.settings.kafka_command_topic], listener=_Rebalance(self))
             try:
-                await consumer.start()
+                # set first: the first assignment may come while start() runs
                 self._consumer = consumer
+                await consumer.start()
                 log.info("connector consuming", topic=self.settings.kafka_command_topic)
                 attempt = 0
                 await self._consume(consumer)
@@ -222,6 +234,18 @@ class ConnectorRuntime:
                 self._consumer = None
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 10)
+
+    async def _open_lot(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            assert self.journal.producer is not None
+            try:
+                await self.lot.start(self.journal.producer)
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                attempt += 1
+                log.warning("parking lot not ready; retrying", error=type(exc).__name__)
+                await self._sleep(backoff_delay(attempt, 5.0))
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         committer = asyncio.create_task(self._commit_forever(consumer), name="commits")
@@ -331,6 +355,12 @@ class ConnectorRuntime:
         settled = self.ownership.assigned(assigned, len(partitions) if partitions else None)
         for device_id, answer in settled:
             self._answered(device_id, answer)
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for partition in assigned:
+            if partition.topic == self.settings.kafka_command_topic:
+                self.intake.takeover.start(partition, consumer.committed)
 
     # -- what devices say (DeviceEvents) ----------------------------------------------
 

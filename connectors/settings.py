@@ -50,6 +50,11 @@ class ConnectorSettings(CoreSettings):
     connector_dedupe_size: int = Field(100_000, ge=100)
     # Default: {KAFKA_COMMAND_TOPIC}.journal.{protocol}
     connector_journal_topic: str | None = None
+    # Commands held this long for an offline device are parked (``connectors.parking``) so
+    # the partition's commit moves on; empty: never parked.
+    connector_park_after_seconds: float | None = Field(10.0, gt=0, le=86_400)
+    # Default: {KAFKA_COMMAND_TOPIC}.parked.{protocol}
+    connector_parking_topic: str | None = None
     # Replication of the journal topic when a connector creates it (as the API's topics).
     kafka_topic_replication_factor: int = Field(1, ge=1, le=10)
     # How far the clocks of API and connector hosts may disagree (journal read-back).
@@ -73,7 +78,7 @@ class ConnectorSettings(CoreSettings):
         """False when CONNECTOR_ID was not set (a random name for this run only)."""
         return "connector_id" in self.model_fields_set
 
-    @field_validator("default_timeout_seconds", mode="before")
+    @field_validator("default_timeout_seconds", "connector_park_after_seconds", mode="before")
     @classmethod
     def _blank_timeout_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

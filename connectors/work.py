@@ -26,11 +26,12 @@ class Work:
 
     command: CommandMessage
     partition: Any
-    offset: int
+    offset: int  # in the commands partition; -1 for a command read back from the lot
     taken_at: float = field(default_factory=time.perf_counter)
     stage: Stage = Stage.WAITING
     cancelled: bool = False
     abandoned: bool = False  # its partition went to another instance before it was sent
+    parked: bool = False  # in the parking lot: its commands offset is already finished
     last_status: CommandStatus = CommandStatus.QUEUED
     traceparent: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)

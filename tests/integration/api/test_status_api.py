@@ -466,3 +466,28 @@ async def test_a_command_on_the_topic_is_queued_even_if_its_api_never_wrote_it(
     body = found.json()
     assert found.status_code == 200 and body["status"] == "queued", body
     assert body["device_id"] == "pico-orphan" and body["command_type"] == "control_led"
+
+
+async def test_a_tracker_back_from_downtime_applies_unread_events_before_deadlines(
+    make_settings: SettingsFactory,
+) -> None:
+    """The tracker is down while a command's deadline passes and its success waits unread
+    in Kafka: once back, the command ends succeeded (what happened), never timed_out —
+    and a command that truly got no answer still times out after the tracker caught up."""
+    settings = make_settings(tracker_enabled=True, sweep_grace_seconds=0.5)
+    async with serve(settings) as first:
+        await wait_status(first, await submit(first), "queued")  # the tracker is reading
+        answered = await submit(first, timeout_seconds=8)
+        silent = await submit(first, timeout_seconds=8)
+        sent_at = time.time()
+        await emit(settings, status_event(answered, "sent"), status_event(silent, "sent"))
+        await wait_status(first, answered, "sent")
+        await wait_status(first, silent, "sent")
+    # the device answered in time; nobody reads the results topic until the deadline passed
+    await emit(settings, status_event(answered, "succeeded"))
+    await asyncio.sleep(max(0.0, sent_at + 8 + 0.5 + 1 - time.time()))
+    async with serve(settings) as second:
+        body = await wait_status(second, answered, "succeeded")
+        assert [entry["status"] for entry in body["history"]][-1] == "succeeded"
+        late = await wait_status(second, silent, "timed_out")
+        assert late["history"][-1]["source"] == "sweeper"

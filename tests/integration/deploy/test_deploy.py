@@ -73,7 +73,7 @@ def dockerfile_healthchecked(service: dict[str, Any]) -> bool:
 
 def test_every_service_has_an_image_restart_policy_limits_and_a_healthcheck() -> None:
     assert {"kafka", "kafka-init", "mosquitto", "postgres", "redis", "api", "tracker",
-            "connector-mqtt", "connector-http", "connector-coap", "prometheus",
+            "connector-mqtt", "connector-mqtt-2", "connector-http", "connector-coap", "prometheus",
             "grafana"} <= set(SERVICES)  # fmt: skip
     for name, service in SERVICES.items():
         assert "image" in service or "build" in service, name
@@ -106,7 +106,9 @@ def test_depends_on_waits_for_health_of_services_that_exist() -> None:
 def test_pusher_commands_parse_and_env_names_are_settings() -> None:
     """Each command is accepted by the CLI; each variable is a field of that role's settings."""
     services = pusher_services()
-    assert set(services) == {"api", "tracker", "connector-mqtt", "connector-http", "connector-coap"}
+    assert set(services) == {
+        "api", "tracker", "connector-mqtt", "connector-mqtt-2", "connector-http", "connector-coap"
+    }  # fmt: skip
     for name, service in services.items():
         command = service["command"]
         args = build_parser().parse_args(command)
@@ -297,3 +299,14 @@ def test_compose_mosquitto_acl_is_the_one_made_from_the_registry() -> None:
     config = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
     assert "\nacl_file /mosquitto/config/acl" in config and "\nallow_anonymous false" in config
     assert "./deploy/mosquitto/acl:/mosquitto/config/acl:ro" in SERVICES["mosquitto"]["volumes"]
+
+
+def test_each_connector_replica_has_its_own_connector_id_and_no_state_volume() -> None:
+    """Instance state is named by CONNECTOR_ID, never the host name: every connector
+    service sets its own, and none keeps a state volume (the journal is in Kafka)."""
+    connectors = {n: s for n, s in pusher_services().items() if s["command"][0] == "connector"}
+    ids = [service["environment"].get("CONNECTOR_ID") for service in connectors.values()]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    for name, service in connectors.items():
+        assert "MQTT_SHARED_GROUP" not in service["environment"], name
+        assert all("state" not in volume for volume in service.get("volumes", [])), name

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from connectors.dispatcher import resolve_policy
 from connectors.errors import CommandRejected, ParserError
 from connectors.mqtt.transport import MqttTransport, broker_address, check_topic, presence_from
 from connectors.offsets import PartitionOffsets
 from connectors.parsers import available_parsers, load_parser, parser_name
+from connectors.policy import resolve_policy
 from connectors.registry import DeviceEntry, DeviceRegistry, parse_registry
 from connectors.settings import MqttSettings
 from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, utc_now
