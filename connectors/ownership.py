@@ -3,9 +3,15 @@
 Every replica reads every device answer (plain MQTT subscriptions). Commands are keyed by
 device_id, so the Kafka default partitioner (murmur2, as the API's producer and the Java
 clients use) names the one commands partition — and so the one replica — that holds a
-device's commands. That replica reports the answer and releases its lane; the others
-ignore it. While the assignment is unsettled (at start, during a rebalance), answers wait
-here, bounded in number and time, until it is.
+device's commands. That replica reports the answer and releases its lane.
+
+The others keep the answer for a while (bounded in number and time), and so does every
+replica while the assignment is unsettled (at start, during a rebalance). When a replica
+takes a partition over — its owner died, say, after the answer reached it but before it
+was reported — it reports the kept answers of that partition's devices. An answer may so
+be reported twice (once by each owner); statuses only move forward and the first terminal
+one wins, so that changes nothing, while an answer reported by nobody would leave a
+command that ran to end ``timed_out``.
 """
 
 from __future__ import annotations
@@ -30,26 +36,37 @@ class Ownership:
     def __init__(self, topic: str) -> None:
         self._topic = topic
         self._owned: set[int] | None = None
+        self._before: set[int] = set()
         self._count: int | None = None
-        self._deferred: deque[tuple[float, str, Any]] = deque()
+        # (when, device, answer, read while unsettled)
+        self._deferred: deque[tuple[float, str, Any, bool]] = deque()
         self._partitioner = DefaultPartitioner()
 
     def revoked(self) -> None:
         """A rebalance started: ownership is unsettled until the next assignment."""
+        if self._owned is not None:
+            self._before = self._owned
         self._owned = None
 
     def assigned(self, assigned: list[Any], partitions: int | None) -> list[tuple[str, Any]]:
-        """The assignment settled; returns the deferred answers that are now this
-        replica's to report (the others are dropped)."""
+        """The assignment settled; returns the kept answers that are now this replica's
+        to report: those read while unsettled, and those of partitions it did not own
+        before (their owner may not have reported them)."""
         self._owned = {tp.partition for tp in assigned if tp.topic == self._topic}
         self._count = partitions or self._count
+        gained = self._owned - self._before
         waiting, self._deferred = self._deferred, deque()
         now = time.monotonic()
-        return [
-            (device_id, answer)
-            for at, device_id, answer in waiting
-            if now - at < _DEFERRED_SECONDS and self.owns(device_id)
-        ]
+        mine: list[tuple[str, Any]] = []
+        for at, device_id, answer, unsettled in waiting:
+            if now - at >= _DEFERRED_SECONDS:
+                continue
+            partition = self.partition_of(device_id)
+            if partition in self._owned and (unsettled or partition in gained):
+                mine.append((device_id, answer))
+            else:
+                self._deferred.append((at, device_id, answer, unsettled))
+        return mine
 
     def partition_of(self, device_id: str) -> int | None:
         """The commands partition of the device's commands (None: count unknown yet)."""
@@ -65,12 +82,12 @@ class Ownership:
         partition = self.partition_of(device_id)
         return None if partition is None else partition in self._owned
 
-    def defer(self, device_id: str, answer: Any) -> None:
-        """Keep an answer until ownership settles (oldest dropped beyond the bounds)."""
+    def keep(self, device_id: str, answer: Any) -> None:
+        """Keep an answer this replica does not act on now (oldest dropped beyond the
+        bounds): ownership is unsettled, or another replica owns the device."""
         now = time.monotonic()
         while self._deferred and (
             len(self._deferred) >= _DEFERRED_MAX or now - self._deferred[0][0] > _DEFERRED_SECONDS
         ):
             self._deferred.popleft()
-            log.warning("device answer dropped: ownership did not settle in time")
-        self._deferred.append((now, device_id, answer))
+        self._deferred.append((now, device_id, answer, self._owned is None))

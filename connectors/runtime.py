@@ -369,11 +369,10 @@ class ConnectorRuntime:
         lane go on (answers to another replica's commands are that replica's to report)."""
         if answer.request_id not in self.dispatcher.pending:
             owner = self.ownership.owns(device_id)
-            if owner is None:  # ownership unsettled: decided once it is
-                self.ownership.defer(device_id, answer)
-                return
-            if not owner:
-                self.metrics.device_answers.labels(self.protocol, "not_owner").inc()
+            if not owner:  # unsettled, or another replica's: kept in case it comes here
+                self.ownership.keep(device_id, answer)
+                if owner is False:
+                    self.metrics.device_answers.labels(self.protocol, "not_owner").inc()
                 return
         self._answered(device_id, answer)
 

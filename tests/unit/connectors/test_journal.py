@@ -112,16 +112,37 @@ def test_answer_owner_is_the_partition_the_producer_picks() -> None:
 
 def test_answers_wait_for_the_assignment_then_go_to_their_owner() -> None:
     """Answers read during a rebalance are kept; the next assignment returns those this
-    replica owns and drops the rest."""
+    replica owns, once."""
     ownership = Ownership("commands")
     ownership.assigned([TopicPartition("commands", p) for p in range(6)], 6)
     ownership.revoked()
     assert ownership.owns("pico-1") is None
     devices = [f"device-{n}" for n in range(50)]
     for device in devices:
-        ownership.defer(device, f"answer-of-{device}")
+        ownership.keep(device, f"answer-of-{device}")
     mine = [TopicPartition("commands", 1)]
     settled = ownership.assigned(mine, 6)
     expected = [d for d in devices if ownership.partition_of(d) == 1]
     assert expected and [device for device, _ in settled] == expected
+    ownership.revoked()
     assert ownership.assigned(mine, 6) == []  # handed out once
+
+
+def test_a_partition_taken_over_gets_the_answers_its_old_owner_may_have_lost() -> None:
+    """Answers another replica owned are kept; when this replica takes that partition
+    over (its owner died), they are returned to be reported — not for partitions it
+    already owned (it acted on those itself)."""
+    ownership = Ownership("commands")
+    ownership.assigned([TopicPartition("commands", 0)], 2)
+    devices = [f"device-{n}" for n in range(40)]
+    others = [d for d in devices if ownership.partition_of(d) == 1]
+    for device in others:
+        assert ownership.owns(device) is False
+        ownership.keep(device, f"answer-of-{device}")
+    ownership.revoked()
+    gained = ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 1)], 2)
+    assert others and [device for device, _ in gained] == others
+    ownership.revoked()
+    assert (
+        ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 1)], 2) == []
+    )
