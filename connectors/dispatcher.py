@@ -389,15 +389,16 @@ class Dispatcher:
             )
             return
         self.pending.pop(answer.request_id, None)
-        outcome = "succeeded" if answer.ok else "failed"
-        self._metrics.outcome(outcome)
-        self._metrics.device_answers.labels(
-            self._transport.protocol.value, "success" if answer.ok else "error"
-        ).inc()
         if pending is not None:
+            self._metrics.outcome("succeeded" if answer.ok else "failed")
+            self._metrics.device_answers.labels(
+                self._transport.protocol.value, "success" if answer.ok else "error"
+            ).inc()
             self._metrics.answer_latency.labels(self._transport.protocol.value).observe(
                 time.monotonic() - pending.sent_at
             )
+        else:  # sent by another replica (or before a restart): reported all the same
+            self._metrics.device_answers.labels(self._transport.protocol.value, "unclaimed").inc()
         status = CommandStatus.SUCCEEDED if answer.ok else CommandStatus.FAILED
         self._reporter.emit_later(
             self._reporter.status_event(

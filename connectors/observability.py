@@ -97,7 +97,9 @@ class ConnectorMetrics:
         )
         self.device_answers = Counter(
             "pusher_connector_device_answers",
-            "Answers read from devices: success, error, invalid (could not be decoded)",
+            "Answers read from devices: success, error (to a command this replica sent), "
+            "unclaimed (sent by another replica or before a restart; reported all the same), "
+            "invalid (could not be decoded)",
             ["protocol", "outcome"],
             registry=self.registry,
         )

@@ -8,10 +8,12 @@ committed only when every record before it in the partition is finished (see
 Kafka (``journal.py``) keeps a re-delivered command from reaching a device twice, whichever
 replica owns the partition next.
 
-Device answers that arrive by subscription (MQTT) reach every replica; the one that owns
-the commands partition of the answering device (commands are keyed by device_id) reports
-them, the others ignore them. Answers read while ownership is unsettled (at start, during
-a rebalance) wait a little for it to settle.
+Device answers that arrive by subscription (MQTT) reach every replica, and every replica
+reports what it reads. The replica that sent the command releases its lane with it; the
+others' reports are duplicates the tracker ignores (statuses only move forward, the first
+terminal one wins). Reporting only from the owner would lose an answer whenever the owner
+died or restarted between the device's answer and its report, which replicas restarting
+one after the other make likely; an answer costs one more status event per replica.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from connectors.journal import SentJournal
 from connectors.lanes import DeviceLane
 from connectors.observability import ConnectorMetrics, health_app, serve_health
 from connectors.offsets import OffsetBook
-from connectors.ownership import Ownership
 from connectors.parking import ParkingLot
 from connectors.parsers import DeviceAnswer, Parser, load_parser
 from connectors.registry import DeviceRegistry
@@ -87,7 +88,6 @@ class ConnectorRuntime:
         )
         self.journal = SentJournal(settings, self.protocol)
         self.lot = ParkingLot(settings, self.protocol)
-        self.ownership = Ownership(settings.kafka_command_topic)
         self.reporter = Reporter(settings, transport.protocol)
         self.offsets = OffsetBook()
         self.intake = RecordIntake(
@@ -318,7 +318,6 @@ class ConnectorRuntime:
         way finish (within the grace period) and what is finished is committed; the rest
         is dropped here and delivered by the next owner, whom the journal tells what was
         already sent."""
-        self.ownership.revoked()
         if not revoked:
             return
         revoked_set = set(revoked)
@@ -346,15 +345,7 @@ class ConnectorRuntime:
         )
 
     def took_over(self, assigned: list[TopicPartition]) -> None:
-        """Partitions assigned: answers of their devices are now this replica's to report."""
-        partitions = (
-            self._consumer.partitions_for_topic(self.settings.kafka_command_topic)
-            if self._consumer is not None
-            else None
-        )
-        settled = self.ownership.assigned(assigned, len(partitions) if partitions else None)
-        for device_id, answer in settled:
-            self._answered(device_id, answer)
+        """Partitions assigned: read back what earlier owners left before taking records."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -365,18 +356,7 @@ class ConnectorRuntime:
     # -- what devices say (DeviceEvents) ----------------------------------------------
 
     def device_answered(self, device_id: str, answer: DeviceAnswer) -> None:
-        """A device answered; if its commands are this replica's, report it and let its
-        lane go on (answers to another replica's commands are that replica's to report)."""
-        if answer.request_id not in self.dispatcher.pending:
-            owner = self.ownership.owns(device_id)
-            if not owner:  # unsettled, or another replica's: kept in case it comes here
-                self.ownership.keep(device_id, answer)
-                if owner is False:
-                    self.metrics.device_answers.labels(self.protocol, "not_owner").inc()
-                return
-        self._answered(device_id, answer)
-
-    def _answered(self, device_id: str, answer: DeviceAnswer) -> None:
+        """A device answered: report it, and let the lane that waits for it go on."""
         self.device_presence(device_id, None, None)
         self.dispatcher.device_answered(device_id, answer)
 

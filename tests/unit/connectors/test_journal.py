@@ -1,4 +1,4 @@
-"""The sent-command journal's rules and answer ownership, without a broker.
+"""The sent-command journal's rules, without a broker.
 
 The same rules run against the embedded broker in
 ``tests/integration/connectors/test_journal_kafka.py`` and, with replicas and SIGKILL, in
@@ -11,11 +11,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import TopicPartition
 
 from connectors.journal import JournalUnavailable
-from connectors.ownership import Ownership
 from connectors.settings import ConnectorSettings
 from tests.fakes import InMemoryJournal
 
@@ -94,55 +91,3 @@ async def test_each_partition_is_bounded() -> None:
     for n in range(300):
         await journal.remember(0, f"id-{n}")
     assert len(journal) == 100 and journal.sent(0, "id-299") and not journal.sent(0, "id-0")
-
-
-def test_answer_owner_is_the_partition_the_producer_picks() -> None:
-    """The owner of a device's answers is the replica holding the partition that the
-    producer's default partitioner (murmur2) gives the device's key."""
-    partitioner = DefaultPartitioner()
-    ownership = Ownership("commands")
-    assert ownership.owns("pico-1") is None  # unsettled before the first assignment
-    ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 2)], 6)
-    for n in range(200):
-        device = f"device-{n}"
-        expected = partitioner(device.encode(), list(range(6)), list(range(6)))
-        assert ownership.partition_of(device) == expected
-        assert ownership.owns(device) is (expected in (0, 2))
-
-
-def test_answers_wait_for_the_assignment_then_go_to_their_owner() -> None:
-    """Answers read during a rebalance are kept; the next assignment returns those this
-    replica owns, once."""
-    ownership = Ownership("commands")
-    ownership.assigned([TopicPartition("commands", p) for p in range(6)], 6)
-    ownership.revoked()
-    assert ownership.owns("pico-1") is None
-    devices = [f"device-{n}" for n in range(50)]
-    for device in devices:
-        ownership.keep(device, f"answer-of-{device}")
-    mine = [TopicPartition("commands", 1)]
-    settled = ownership.assigned(mine, 6)
-    expected = [d for d in devices if ownership.partition_of(d) == 1]
-    assert expected and [device for device, _ in settled] == expected
-    ownership.revoked()
-    assert ownership.assigned(mine, 6) == []  # handed out once
-
-
-def test_a_partition_taken_over_gets_the_answers_its_old_owner_may_have_lost() -> None:
-    """Answers another replica owned are kept; when this replica takes that partition
-    over (its owner died), they are returned to be reported — not for partitions it
-    already owned (it acted on those itself)."""
-    ownership = Ownership("commands")
-    ownership.assigned([TopicPartition("commands", 0)], 2)
-    devices = [f"device-{n}" for n in range(40)]
-    others = [d for d in devices if ownership.partition_of(d) == 1]
-    for device in others:
-        assert ownership.owns(device) is False
-        ownership.keep(device, f"answer-of-{device}")
-    ownership.revoked()
-    gained = ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 1)], 2)
-    assert others and [device for device, _ in gained] == others
-    ownership.revoked()
-    assert (
-        ownership.assigned([TopicPartition("commands", 0), TopicPartition("commands", 1)], 2) == []
-    )
