@@ -257,6 +257,8 @@ class ConnectorRuntime:
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
                 self.consuming.set()
                 for partition, records in batches.items():
+                    # normally started by the assignment callback; never left waiting
+                    self.intake.takeover.start(partition, consumer.committed)
                     for record in records:
                         self.intake.take(partition, record)
                 self.metrics.in_flight.labels(self.protocol).set(self.offsets.total_pending())

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -216,3 +217,30 @@ async def journal_entries(settings: ConnectorSettings, request_ids: set[str]) ->
     finally:
         await consumer.stop()
     return found
+
+
+async def connector_sends(settings: ConnectorSettings, protocol: str = "mqtt") -> Counter[str]:
+    """How many times the connectors handed each request_id to the transport, read from
+    the sent-command journal (written before every send; a ``forgotten`` entry takes back
+    a send that surely did not leave the process)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from connectors.journal import journal_topic
+
+    consumer = AIOKafkaConsumer(
+        journal_topic(settings, protocol),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    sends: Counter[str] = Counter()
+    try:
+        while batches := await consumer.getmany(timeout_ms=1000):
+            for records in batches.values():
+                for record in records:
+                    entry = json.loads(record.value or b"{}")
+                    sends[entry["request_id"]] += 1 if entry["event"] == "sent" else -1
+    finally:
+        await consumer.stop()
+    return sends

@@ -172,9 +172,10 @@ def connector_settings(
     port: int,
     **extra: Any,
 ) -> ConnectorSettingsT:
-    """Settings of a dev connector: the stack's Kafka, the sample registry, its own state."""
+    """Settings of a dev connector: the stack's Kafka, the sample registry, its name."""
     values: dict[str, Any] = {
         **base.model_dump(),
+        "connector_id": "dev",
         "device_registry_path": work_dir / "devices.yaml",
         "connector_metrics_port": port,
         "connector_metrics_host": "127.0.0.1",

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from pusher_dev.embedded_kafka import free_port
 
-from connectors.settings import MqttSettings
+from connectors.settings import CoapSettings, ConnectorSettings, HttpSettings, MqttSettings
 from preservarium_pusher_api.config import Settings
 from tests.mqtt_helpers import settings_env
 
@@ -63,7 +63,7 @@ class Child:
 class Stack:
     """Named service processes; start, kill, restart by name."""
 
-    def __init__(self, api: Settings, connector: MqttSettings, logs: Path) -> None:
+    def __init__(self, api: Settings, connector: ConnectorSettings, logs: Path) -> None:
         self.api_settings = api
         self.connector_settings = connector
         self._logs = logs
@@ -88,11 +88,18 @@ class Stack:
         self.children[name] = Child(["-m", "pusher_cli", "tracker"], env, self._log(name))
 
     def start_connector(self, connector_id: str) -> None:
-        settings = self.connector_settings.model_copy(
-            update={"connector_id": connector_id, "mqtt_client_id": None}
-        )
-        env = settings_env(settings)
-        self.children[connector_id] = Child(["-m", "connectors.mqtt"], env, self._log(connector_id))
+        """A connector replica of the stack's protocol named ``connector_id``."""
+        update: dict[str, Any] = {"connector_id": connector_id}
+        if isinstance(self.connector_settings, MqttSettings):
+            update["mqtt_client_id"] = None
+            module = "connectors.mqtt"
+        elif isinstance(self.connector_settings, CoapSettings):
+            module = "connectors.coap"
+        else:
+            assert isinstance(self.connector_settings, HttpSettings)
+            module = "connectors.http"
+        env = settings_env(self.connector_settings.model_copy(update=update))
+        self.children[connector_id] = Child(["-m", module], env, self._log(connector_id))
 
     def kill(self, name: str) -> None:
         self.children.pop(name).kill()
@@ -104,7 +111,7 @@ class Stack:
         assert code == 0, child.logs()[-3000:]
 
     def connectors(self) -> list[str]:
-        return sorted(name for name in self.children if name.startswith("mqtt-"))
+        return sorted(name for name in self.children if name.startswith(("mqtt-", "http-")))
 
     def trackers(self) -> list[str]:
         return sorted(name for name in self.children if name.startswith("tracker-"))
@@ -129,6 +136,22 @@ class Stack:
                         pass
                     assert time.monotonic() < deadline, f"{name} never healthy"
                     await asyncio.sleep(0.2)
+
+
+async def statuses(stack: Stack, client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    """Every command as listed, page by page, from one API that answers."""
+    found: dict[str, dict[str, Any]] = {}
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        url = next(iter(stack.api_urls.values()))
+        body = (await client.get(f"{url}/api/v1/commands", params=params)).json()
+        found.update({item["request_id"]: item for item in body["items"]})
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return found
 
 
 async def post_with_failover(

@@ -32,6 +32,7 @@ from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.contract import DLQ_SUFFIX
 from preservarium_pusher_api.core.settings import CoreSettings
 from pusher_cli.main import build_parser
+from tests.api_helpers import wait_terminal
 from tests.conftest import SettingsFactory, serve
 from tests.mqtt_helpers import running_connector
 
@@ -257,14 +258,20 @@ async def test_dashboard_queries_only_metrics_the_code_exports(
     )
     settings = HttpSettings(_env_file=None, **values)  # type: ignore[call-arg]
     async with serve(base) as api, running_connector(settings, HttpTransport(settings)):
-        await api.client.post(
+        response = await api.client.post(
             "/api/v1/commands",
             json={"device_id": "d1", "command_type": "x", "protocol": "http", "payload": {}},
         )
-        await asyncio.sleep(0.5)
-        exported = sample_names((await api.client.get("/api/v1/metrics")).text)
-        async with httpx.AsyncClient() as client:
-            exported |= sample_names((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+        # the unregistered device fails it: an end-to-end latency to observe
+        await wait_terminal(api, response.json()["request_id"])
+        async with httpx.AsyncClient() as client, asyncio.timeout(20):
+            while True:  # the connector's lag gauge appears with its first lag reading
+                exported = sample_names((await api.client.get("/api/v1/metrics")).text)
+                connector = await client.get(f"http://127.0.0.1:{port}/metrics")
+                exported |= sample_names(connector.text)
+                if "pusher_connector_partition_lag" in exported:
+                    break
+                await asyncio.sleep(0.2)
     queried = {
         name
         for panel in DASHBOARD["panels"]
