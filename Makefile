@@ -36,8 +36,9 @@ bench: $(STAMP)  ## load test; writes docs/benchmarks.md
 
 chaos: $(STAMP)  ## replicas under faults (full size); writes docs/reliability.md
 	rm -f .chaos-report.jsonl
-	CHAOS_FULL=1 CHAOS_REPORT=.chaos-report.jsonl $(BIN)/pytest -s tests/chaos $(ARGS)
-	$(BIN)/python -m tests.chaos.report .chaos-report.jsonl docs/reliability.md
+	CHAOS_FULL=1 CHAOS_REPORT=.chaos-report.jsonl $(BIN)/pytest -s tests/chaos $(ARGS); \
+	status=$$?; $(BIN)/python -m tests.chaos.report .chaos-report.jsonl docs/reliability.md; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

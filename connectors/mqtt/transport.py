@@ -154,8 +154,10 @@ class MqttTransport(Transport):
 
     @staticmethod
     def _was_queued(exc: aiomqtt.MqttCodeError) -> bool:
-        # "Could not publish message" is raised before anything is written.
-        return "Could not publish" not in str(exc)
+        # "Could not publish message" is raised when the client refused the publish before
+        # writing anything (e.g. not connected). Its str() shows only the code, so the
+        # message is read from the exception's arguments.
+        return not (exc.args and exc.args[0] == "Could not publish message")
 
     def health(self) -> dict[str, Any]:
         """Broker connection for ``/health``."""

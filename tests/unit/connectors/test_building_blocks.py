@@ -257,3 +257,17 @@ def test_metadata_topic_only_from_the_registry_and_never_another_device() -> Non
             target(topic, device)
     with pytest.raises(ValueError, match="result or status"):
         DeviceEntry(protocol="mqtt", allowed_topics=("lab/pico-1/result",))
+
+
+def test_a_publish_the_mqtt_client_refused_counts_as_not_sent() -> None:
+    """aiomqtt raises "Could not publish message" when the client refused the publish
+    before writing anything (its str() shows only the code, e.g. not connected): safe to
+    send again. Any other publish error leaves the outcome unknown: never sent again."""
+    import aiomqtt
+
+    from connectors.mqtt.transport import MqttTransport
+
+    refused = aiomqtt.MqttCodeError(4, "Could not publish message")
+    assert "Could not publish" not in str(refused)  # why the arguments are read
+    assert not MqttTransport._was_queued(refused)
+    assert MqttTransport._was_queued(aiomqtt.MqttCodeError(7, "Unexpected disconnection"))
