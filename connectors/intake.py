@@ -67,6 +67,7 @@ class RecordIntake:
         self.works: dict[str, Work] = {}
         self.lanes: dict[str, DeviceLane] = {}
         self.background: set[asyncio.Task[None]] = set()
+        self.failed: list[asyncio.Task[None]] = []
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
         self._lot = lot
         self._parking: set[str] = set()
@@ -183,7 +184,12 @@ class RecordIntake:
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.append(task)  # raised by the runtime: crash-only
 
     def _take_cancel(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         try:

@@ -27,11 +27,11 @@ import json
 import time
 from collections import OrderedDict
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.settings import ConnectorSettings
-from connectors.topics import ensure_like_commands
+from connectors.topics import ensure_like_commands, reader
 from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
@@ -63,6 +63,8 @@ class SentJournal:
         self._loaded: dict[int, asyncio.Event] = {}
         self._loads: dict[int, asyncio.Task[None]] = {}
         self._producer: AIOKafkaProducer | None = None
+        # loads that ended with an unexpected error: the runtime raises them (crash-only)
+        self.failed: list[asyncio.Task[None]] = []
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -116,9 +118,15 @@ class SentJournal:
         self._loaded[partition] = asyncio.Event()
         self._sent[partition] = OrderedDict()
         start_ms = max(0, since_ms - int(self._settings.connector_journal_skew_seconds * 1000))
-        self._loads[partition] = asyncio.create_task(
+        task = asyncio.create_task(
             self._load(partition, start_ms), name=f"journal-load-{partition}"
         )
+        task.add_done_callback(self._note_failure)
+        self._loads[partition] = task
+
+    def _note_failure(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.append(task)
 
     def is_loaded(self, partition: int) -> bool:
         """True once the partition's journal has been read back."""
@@ -238,12 +246,7 @@ class SentJournal:
         log.info("journal read back", partition=partition, request_ids=len(ids))
 
     async def _read(self, partition: int, start_ms: int) -> list[tuple[str, str]]:
-        consumer = AIOKafkaConsumer(
-            **connection_options(self._settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        consumer = reader(self._settings)
         try:
             await consumer.start()
             tp = TopicPartition(self.topic, partition)
@@ -276,12 +279,7 @@ async def timestamp_at(
 ) -> int | None:
     """The timestamp (ms) of the record at ``offset`` of ``tp`` (or the first after it;
     None: from the beginning); None when there is none yet."""
-    consumer = AIOKafkaConsumer(
-        **connection_options(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = reader(settings)
     try:
         await consumer.start()
         consumer.assign([tp])

@@ -22,13 +22,12 @@ import asyncio
 import contextlib
 import json
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.settings import ConnectorSettings
-from connectors.topics import ensure_like_commands
+from connectors.topics import ensure_like_commands, reader
 from preservarium_pusher_api.core.contract import CommandMessage
-from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -103,12 +102,7 @@ class ParkingLot:
 
     async def read(self, partition: int) -> list[Parked]:
         """The commands parked in ``partition`` and not taken out, oldest first."""
-        consumer = AIOKafkaConsumer(
-            **connection_options(self._settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        consumer = reader(self._settings)
         live: dict[str, Parked] = {}
         try:
             await consumer.start()

@@ -252,7 +252,9 @@ class ConnectorRuntime:
         last_lag = 0.0
         try:
             while not self._stopping.is_set():
-                check_alive([committer])
+                # helpers of the consume loop; one that died unexpectedly ends the process
+                check_alive([committer, *self.intake.failed, *self.journal.failed])
+                self.intake.takeover.check()
                 self._apply_backpressure(consumer)
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
                 self.consuming.set()

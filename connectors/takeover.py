@@ -28,6 +28,7 @@ from connectors.settings import ConnectorSettings
 from connectors.work import Work
 from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.core.supervision import check_alive
 
 log = get_logger(__name__)
 
@@ -53,6 +54,7 @@ class Takeover:
         self._ready: set[TopicPartition] = set()
         self._waiting: dict[TopicPartition, list[Record]] = {}
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        self.failed: list[asyncio.Task[None]] = []
 
     def ready(self, partition: TopicPartition) -> bool:
         """True once the partition's lot and journal were read back."""
@@ -70,9 +72,20 @@ class Takeover:
         """Begin reading back a newly assigned partition."""
         if partition in self._ready or partition in self._tasks:
             return
-        self._tasks[partition] = asyncio.create_task(
+        task = asyncio.create_task(
             self._take_over(partition, committed), name=f"takeover-{partition.partition}"
         )
+        task.add_done_callback(self._note_failure)
+        self._tasks[partition] = task
+
+    def _note_failure(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.append(task)
+
+    def check(self) -> None:
+        """Raise TaskDied if a read-back ended with an unexpected error (crash-only: the
+        partition would otherwise wait for it forever)."""
+        check_alive(self.failed)
 
     def drop(self, partitions: set[TopicPartition]) -> None:
         """The partitions went to another replica: stop reading, forget what waited."""

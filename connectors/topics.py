@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -53,3 +54,13 @@ async def ensure_like_commands(
         log.info("topic created", topic=topic, partitions=partitions, compacted=compacted)
     finally:
         await admin.close()
+
+
+def reader(settings: ConnectorSettings) -> AIOKafkaConsumer:
+    """A consumer outside any group, for reading a partition back by hand."""
+    return AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )

@@ -91,3 +91,31 @@ async def test_each_partition_is_bounded() -> None:
     for n in range(300):
         await journal.remember(0, f"id-{n}")
     assert len(journal) == 100 and journal.sent(0, "id-299") and not journal.sent(0, "id-0")
+
+
+async def test_a_read_back_that_dies_unexpectedly_takes_the_connector_down() -> None:
+    """Crash-only: a partition read-back that ends with an unexpected error is raised by
+    check() (the runtime's loop calls it) instead of leaving the partition waiting."""
+    from aiokafka.structs import TopicPartition
+
+    from connectors.takeover import Takeover
+    from preservarium_pusher_api.core.supervision import TaskDied
+
+    class BrokenLot:
+        async def read(self, partition: int) -> list[object]:
+            raise RuntimeError("bug")
+
+    async def committed(tp: TopicPartition) -> int | None:
+        return None
+
+    takeover = Takeover(
+        settings(),
+        InMemoryJournal(settings()),
+        BrokenLot(),
+        lambda w: None,
+        lambda p, r: None,  # type: ignore[arg-type]
+    )
+    takeover.start(TopicPartition("commands", 0), committed)
+    await asyncio.sleep(0.05)
+    with pytest.raises(TaskDied):
+        takeover.check()
