@@ -36,6 +36,8 @@ class Settings(CoreSettings):
     status_store_enabled: bool = True
     status_store_url: str = "sqlite+aiosqlite:///./pusher-status.db"
     status_store_pool_size: int = Field(5, ge=1, le=100)
+    # Commands accepted by this instance that it answers for until the tracker stored them.
+    recent_commands_capacity: int = Field(10_000, ge=0, le=1_000_000)
     tracker_enabled: bool = True
     tracker_group_id: str = "pusher-status-tracker"
     tracker_metrics_port: int = Field(0, ge=0, le=65535)

@@ -30,7 +30,7 @@ from preservarium_pusher_api.services.commands import CommandService
 from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.services.kafka_service import KafkaService
 from preservarium_pusher_api.services.status_service import (
-    QueuedWriter,
+    RecentCommands,
     StatusComponents,
     StatusNotifier,
 )
@@ -73,12 +73,12 @@ def build_limiter(settings: Settings, checker: ApiKeyChecker) -> Limiter:
 TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
-def build_status(settings: Settings, metrics: PusherMetrics) -> StatusComponents:
+def build_status(settings: Settings) -> StatusComponents:
     """Status store and its helpers for one app."""
     store = StatusStore(settings.status_store_url, pool_size=settings.status_store_pool_size)
     return StatusComponents(
         store=store,
-        writer=QueuedWriter(store, metrics),
+        recent=RecentCommands(settings.recent_commands_capacity),
         notifier=StatusNotifier(),
         idempotency=IdempotencyService(
             store.idempotency_keys,
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     checker = ApiKeyChecker(settings.load_api_keys())
     metrics = PusherMetrics()
     kafka = kafka or KafkaService(settings, metrics)
-    status = build_status(settings, metrics) if settings.status_store_enabled else None
+    status = build_status(settings) if settings.status_store_enabled else None
     commands = CommandService(settings, kafka, metrics, status)
     tracker = (
         StatusTracker(settings, status.store, metrics, status.notifier.notify)
@@ -131,8 +131,6 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
             if status is not None:
                 await status.store.start()
                 stack.push_async_callback(status.store.stop)
-                status.writer.start()
-                stack.push_async_callback(status.writer.stop)
                 stack.push_async_callback(status.idempotency.stop)
                 log.info("status store ready", url=status.store.describe())
             await kafka.start()
@@ -141,8 +139,6 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
                 await tracker.start()
                 stack.push_async_callback(tracker.stop)
             background = [*kafka.tasks(), *(tracker.tasks() if tracker else [])]
-            if status is not None:
-                background += status.writer.tasks()
             # Registered last, so it is cancelled first: stopping the services is no death.
             watchdog = asyncio.create_task(watch_background(app, background), name="watchdog")
             stack.callback(watchdog.cancel)

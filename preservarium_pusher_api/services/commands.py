@@ -2,7 +2,7 @@
 
 Routes hand it validated requests and translate what it returns or raises into HTTP; it
 turns requests into Kafka command records, waits for the broker's acknowledgement, runs a
-submission at most once per Idempotency-Key, records ``queued`` rows for read-your-writes,
+submission at most once per Idempotency-Key, remembers accepted commands for read-your-writes,
 and owns the cancel sequence (check the status, produce the cancel record, note it).
 """
 
@@ -91,7 +91,7 @@ class CommandService:
         self._kafka = kafka
         self._status = status
         self.producer = CommandProducer(
-            settings, kafka, metrics, status.writer if status is not None else None
+            settings, kafka, metrics, status.recent if status is not None else None
         )
         self._started = time.monotonic()
         self._long_polls: dict[str, int] = {}  # open long-polls per caller scope
@@ -241,9 +241,8 @@ class CommandService:
             StatusStoreUnavailableError.
         """
         status = self._require_status()
-        await status.writer.flush()  # commands this instance just accepted are listed too
         try:
-            return await status.store.list(
+            return await status.list(
                 device_id=device_id, status=state, since=since, limit=limit, cursor=cursor
             )
         except InvalidCursorError as exc:

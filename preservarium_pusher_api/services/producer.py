@@ -2,8 +2,9 @@
 
 ``CommandProducer`` turns validated requests into contract records, hands them to the
 Kafka producer and turns each acknowledgement (or failure) into the answer for that
-command; accepted commands are handed to the queued writer so this instance can answer
-their status at once. It keeps the counters behind the service status.
+command; accepted commands are remembered (``RecentCommands``) so this instance can answer
+their status at once, before the tracker has recorded them. It keeps the counters behind
+the service status.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from preservarium_pusher_api.services.kafka_service import (
     OutgoingRecord,
     map_kafka_error,
 )
-from preservarium_pusher_api.services.status_service import QueuedWriter
+from preservarium_pusher_api.services.status_service import RecentCommands
 from preservarium_pusher_api.store import queued_from_message
 
 log = get_logger(__name__)
@@ -94,12 +95,12 @@ class CommandProducer:
         settings: Settings,
         kafka: KafkaService,
         metrics: PusherMetrics,
-        writer: QueuedWriter | None = None,
+        recent: RecentCommands | None = None,
     ) -> None:
         self._settings = settings
         self._kafka = kafka
         self._metrics = metrics
-        self._writer = writer
+        self._recent = recent
         self.commands_processed = 0
 
     def check_payload_sizes(self, commands: Sequence[CommandRequest]) -> None:
@@ -175,8 +176,8 @@ class CommandProducer:
         self, message: CommandMessage, metadata: RecordMetadata, started: float
     ) -> CommandResponse:
         accepted = self._accepted(message, metadata, time.perf_counter() - started)
-        if self._writer is not None:
-            self._writer.record([queued_from_message(message)])
+        if self._recent is not None:
+            self._recent.add([queued_from_message(message)])
         return accepted
 
     async def _late_answer(
@@ -258,8 +259,8 @@ class CommandProducer:
             for message, item in zip(messages, pending, strict=True)
         ]
         successful = sum(result.success for result in results)
-        if self._writer is not None and successful:
-            self._writer.record(
+        if self._recent is not None and successful:
+            self._recent.add(
                 queued_from_message(message)
                 for message, result in zip(messages, results, strict=True)
                 if result.success

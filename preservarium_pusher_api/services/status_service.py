@@ -1,9 +1,8 @@
-"""Status side of the API: grouped ``queued`` writes, long-poll wake-ups, reads.
+"""Status side of the API: read-your-writes, long-poll wake-ups, reads.
 
-``QueuedWriter`` collects the ``queued`` rows of concurrently accepted commands and writes
-them in one transaction (group commit): each request waits for the write that holds its
-row, so the status URL answers as soon as the 202 is out, while the database sees one
-transaction per group instead of one per command.
+``RecentCommands`` remembers the commands this instance accepted until the tracker has
+recorded them (the request path never waits for the database), so the status URL answers
+as soon as the 202 is out.
 
 ``StatusNotifier`` wakes long-poll waiters. Waiting holds no database connection: a
 waiter sleeps on an ``asyncio.Event`` set by this process's tracker and sweeper; with
@@ -15,123 +14,81 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from preservarium_pusher_api.core.contract import CommandStatus
 from preservarium_pusher_api.core.logging import get_logger
-from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.store import (
     CommandRecord,
+    Page,
     QueuedCommand,
     StatusStore,
+    decode_cursor,
+    encode_cursor,
     record_of_queued,
 )
 
 log = get_logger(__name__)
 
 
-class QueuedWriter:
-    """Write-behind of ``queued`` rows, grouped into one transaction per flush.
+class RecentCommands:
+    """Read-your-writes: the commands this instance accepted, until the store has them.
 
-    Recording does not wait for the database: the 202 goes out as soon as Kafka
-    acknowledged the command, and the rows of every command accepted within
-    ``flush_interval`` are written together. Until then :meth:`pending` answers for them,
-    so this instance's status URL works at once. A failed write is retried; the tracker
-    also creates rows from the connectors' events, so a lost write loses no status.
+    The API does not write to the status store on the request path: the tracker records
+    every command as ``queued`` from the commands topic (one batched write per fetch). Until
+    its row is there, this bounded map answers for a command this instance accepted, so
+    its status URL works as soon as the 202 is out. An entry leaves when a read finds the
+    row in the store, or, oldest first, when ``capacity`` is exceeded (a command evicted
+    before the tracker recorded it reads 404 on this instance only until the tracker
+    catches up).
     """
 
-    def __init__(
-        self,
-        store: StatusStore,
-        metrics: PusherMetrics,
-        *,
-        flush_interval: float = 0.01,
-        max_group: int = 1000,
-        max_attempts: int = 5,
-    ) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._flush_interval = flush_interval
-        self._max_group = max_group
-        self._max_attempts = max_attempts
-        self._pending: dict[str, QueuedCommand] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, QueuedCommand] = OrderedDict()
 
-    def start(self) -> None:
-        """Start the background flusher."""
-        self._task = asyncio.create_task(self._run(), name="queued-writer")
+    def __len__(self) -> int:
+        return len(self._items)
 
-    def tasks(self) -> list[asyncio.Task[None]]:
-        """Long-lived tasks to supervise."""
-        return [self._task] if self._task is not None else []
-
-    async def stop(self) -> None:
-        """Write what is pending, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while self._pending:
-            if not await self._flush(attempts=1):
-                break
-
-    def record(self, rows: Iterable[QueuedCommand]) -> None:
-        """Queue rows for the next group write (never blocks, never raises)."""
+    def add(self, rows: Iterable[QueuedCommand]) -> None:
+        """Remember accepted commands (never blocks, never raises)."""
+        items = self._items
         for row in rows:
-            self._pending[row.request_id] = row
-        self._wakeup.set()
+            items[row.request_id] = row
+        while len(items) > self._capacity:
+            items.popitem(last=False)
 
-    def pending(self, request_id: str) -> QueuedCommand | None:
-        """A row accepted but not written yet."""
-        return self._pending.get(request_id)
+    def get(self, request_id: str) -> QueuedCommand | None:
+        """A command accepted here, if the store may not have it yet."""
+        return self._items.get(request_id)
 
-    async def flush(self) -> None:
-        """Write everything pending now (used at shutdown and by tests)."""
-        while self._pending:
-            if not await self._flush(attempts=self._max_attempts):
-                return
+    def forget(self, request_ids: Iterable[str]) -> None:
+        """The store has these: it answers for them from now on."""
+        for request_id in request_ids:
+            self._items.pop(request_id, None)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            await asyncio.sleep(self._flush_interval)  # let concurrent requests join the group
-            self._wakeup.clear()
-            await self.flush()
-
-    async def _flush(self, attempts: int) -> bool:
-        group = list(itertools.islice(self._pending.values(), self._max_group))
-        for attempt in range(1, attempts + 1):
-            started = time.perf_counter()
-            try:
-                await self._store.record_queued(group)
-            except Exception as exc:  # the store must never fail an accepted command
-                self._metrics.store_healthy.set(0)
-                log.error(
-                    "status store write failed",
-                    error=type(exc).__name__,
-                    rows=len(group),
-                    attempt=attempt,
-                )
-                if attempt < attempts:
-                    await asyncio.sleep(min(2.0**attempt * 0.1, 2.0))
+    def matching(
+        self,
+        *,
+        device_id: str | None,
+        since: float | None,
+        before: tuple[float, str] | None,
+    ) -> list[QueuedCommand]:
+        """Entries a listing of queued commands with these filters would hold."""
+        found = []
+        for row in self._items.values():
+            if device_id is not None and row.device_id != device_id:
                 continue
-            self._metrics.store_healthy.set(1)
-            self._metrics.store_write_latency.labels("queued").observe(
-                time.perf_counter() - started
-            )
-            for row in group:
-                self._pending.pop(row.request_id, None)
-            return True
-        # Give up on this group; the tracker fills rows in from events that arrive.
-        for row in group:
-            self._pending.pop(row.request_id, None)
-        return False
+            if since is not None and row.created_at < since:
+                continue
+            if before is not None and (row.created_at, row.request_id) >= before:
+                continue
+            found.append(row)
+        return found
 
 
 class StatusNotifier:
@@ -192,16 +149,59 @@ class StatusComponents:
     """What the status routes need, built once per app."""
 
     store: StatusStore
-    writer: QueuedWriter
+    recent: RecentCommands
     notifier: StatusNotifier
     idempotency: IdempotencyService
 
     async def read(self, request_id: str) -> CommandRecord | None:
-        """The stored command, or the one this instance accepted but has not written yet."""
-        # Pending first: a row leaves ``pending`` only after its write committed, so whichever
-        # way a flush interleaves with this read, one of the two answers has it.
-        row = self.writer.pending(request_id)
+        """The stored command, or the one this instance accepted and the store lacks yet."""
         record = await self.store.get(request_id)
-        if record is None and row is not None:
-            record = record_of_queued(row)
-        return record
+        if record is not None:
+            self.recent.forget((request_id,))
+            return record
+        row = self.recent.get(request_id)
+        return record_of_queued(row) if row is not None else None
+
+    async def list(
+        self,
+        *,
+        device_id: str | None = None,
+        status: CommandStatus | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """A listing page of the store, with the commands accepted here and not stored yet
+        merged in where they belong (they are ``queued``).
+
+        Raises:
+            InvalidCursorError: ``cursor`` was not issued by a listing.
+        """
+        page = await self.store.list(
+            device_id=device_id, status=status, since=since, limit=limit, cursor=cursor
+        )
+        if not len(self.recent) or status not in (None, CommandStatus.QUEUED):
+            return page
+        before = decode_cursor(cursor) if cursor is not None else None
+        candidates = self.recent.matching(device_id=device_id, since=since, before=before)
+        if not candidates:
+            return page
+        stored = await self.store.existing([row.request_id for row in candidates])
+        self.recent.forget(stored)
+        extra = [record_of_queued(row) for row in candidates if row.request_id not in stored]
+        if not extra:
+            return page
+        # The page ends where the store's next page starts; extra rows past that end
+        # belong to later pages (they are found again there, by the cursor).
+        end = decode_cursor(page.next_cursor) if page.next_cursor is not None else None
+        if end is not None:
+            extra = [r for r in extra if (r.created_at, r.request_id) > end]
+        merged = sorted(
+            [*page.items, *extra], key=lambda r: (r.created_at, r.request_id), reverse=True
+        )
+        items = merged[:limit]
+        next_cursor = page.next_cursor
+        if len(merged) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.request_id)
+        return Page(items, next_cursor)

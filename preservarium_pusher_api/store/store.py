@@ -368,6 +368,16 @@ class StatusStore:
         record.history = events
         return record
 
+    async def existing(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of these request ids have a row."""
+        if not request_ids:
+            return set()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(commands.c.request_id).where(commands.c.request_id.in_(request_ids))
+            )
+            return {row.request_id for row in rows}
+
     async def list(
         self,
         *,

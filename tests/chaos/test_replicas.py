@@ -40,7 +40,7 @@ from tests.conftest import SettingsFactory, command
 from tests.mqtt_helpers import connector_sends, create_topics, mqtt_settings, simulators
 
 FULL = os.environ.get("CHAOS_FULL") == "1"
-TOTAL = 3000 if FULL else 1500
+TOTAL = 3000 if FULL else 600
 DEVICES = [f"pico-chaos-{n:02d}" for n in range(30)]
 TERMINAL = {"succeeded", "failed", "timed_out", "expired", "cancelled"}
 BATCH = 250

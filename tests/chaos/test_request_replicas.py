@@ -36,7 +36,7 @@ from tests.mqtt_helpers import connector_sends, create_topics, registry_settings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 FULL = os.environ.get("CHAOS_FULL") == "1"
-TOTAL = 3000 if FULL else 600
+TOTAL = 3000 if FULL else 300
 DEVICE_COUNT = 30 if FULL else 10
 
 

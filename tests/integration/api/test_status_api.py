@@ -491,3 +491,45 @@ async def test_a_tracker_back_from_downtime_applies_unread_events_before_deadlin
         assert [entry["status"] for entry in body["history"]][-1] == "succeeded"
         late = await wait_status(second, silent, "timed_out")
         assert late["history"][-1]["source"] == "sweeper"
+
+
+async def test_the_request_path_leaves_the_store_to_the_tracker(
+    make_settings: SettingsFactory,
+) -> None:
+    """The API writes nothing to the store when it accepts a command; it answers for the
+    commands it accepted (status, listing, cancel) until the tracker has recorded them."""
+    settings = make_settings(tracker_enabled=False)
+    async with serve(settings) as live:
+        status = live.app.state.status
+        ids = [await submit(live, device_id="pico-ryw") for _ in range(5)]
+        assert await status.store.existing(ids) == set()  # nothing written on the path
+
+        one = await live.client.get(f"/api/v1/commands/{ids[0]}/status")
+        assert one.status_code == 200 and one.json()["status"] == "queued"
+        pages: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"device_id": "pico-ryw", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await live.client.get("/api/v1/commands", params=params)).json()
+            pages += [item["request_id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == list(reversed(ids))  # newest first, each once, across pages
+        listed = await live.client.get("/api/v1/commands", params={"status": "succeeded"})
+        assert listed.json()["items"] == []
+
+    # A tracker records them from the commands topic; the same instance then answers from
+    # the store, and its memory of them is dropped.
+    async with serve(settings.model_copy(update={"tracker_enabled": True})) as tracked:
+        store = tracked.app.state.status.store
+        async with asyncio.timeout(20):
+            while await store.existing(ids) != set(ids):
+                await asyncio.sleep(0.1)
+        # mixed: stored rows and a command only this instance may know yet, in one listing
+        fresh = await submit(tracked, device_id="pico-ryw")
+        page = (
+            await tracked.client.get("/api/v1/commands", params={"device_id": "pico-ryw"})
+        ).json()
+        assert [item["request_id"] for item in page["items"]] == [fresh, *reversed(ids)]
+        assert len(tracked.app.state.status.recent) <= 1
