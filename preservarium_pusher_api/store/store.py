@@ -11,14 +11,15 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import and_, event, or_, select, text, update
+from sqlalchemy import and_, event, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
 from preservarium_pusher_api.core.errors import ConfigurationError
@@ -174,78 +175,68 @@ class StatusStore:
         status, source and detail) is ignored; a late non-terminal event is kept in the
         history without moving the status; a terminal event after another terminal one
         is dropped.
-        """
-        applied: list[Transition] = []
-        async with self.engine.begin() as conn:
-            for item in events:
-                transition = await self._apply(conn, item)
-                if transition is not None:
-                    applied.append(transition)
-        return applied
 
-    async def _apply(self, conn: AsyncConnection, item: StatusEvent) -> Transition | None:
-        at = to_epoch(item.occurred_at)
-        rank = item.status.rank
-        sent_at = at if rank in (CommandStatus.SENT.rank, CommandStatus.DELIVERED.rank) else None
-        created = await conn.execute(
-            self._insert(commands)
-            .values(
-                request_id=item.request_id,
-                device_id=item.device_id,
-                status=item.status.value,
-                status_rank=rank,
-                detail=item.detail,
-                result=item.result,
-                created_at=at,
-                updated_at=at,
-                sent_at=sent_at,
+        Three statements per batch, whatever its size: read the rows' ranks, one upsert
+        of each command's furthest status (its ``WHERE status_rank <`` keeps the rule in
+        SQL against concurrent writers: a row another tracker or the sweeper moved on in
+        between is left alone), one insert of the history entries.
+        """
+        if not events:
+            return []
+        by_id: dict[str, list[StatusEvent]] = {}
+        for item in events:
+            by_id.setdefault(item.request_id, []).append(item)
+        # Read before the write transaction (on SQLite a transaction that reads first
+        # cannot become the writer if another wrote meanwhile); what changes in between
+        # is caught by the upsert's condition.
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    commands.c.request_id,
+                    commands.c.status_rank,
+                    commands.c.protocol,
+                    commands.c.created_at,
+                ).where(commands.c.request_id.in_(list(by_id)))
             )
-            .on_conflict_do_nothing()
-        )
-        transition: Transition | None = None
-        if created.rowcount:
-            transition = Transition(item.request_id, item.status, None, at, at)
-        else:
-            moved = (
+            known = {row.request_id: row for row in rows}
+        plans = [_plan(items, known.get(request_id)) for request_id, items in by_id.items()]
+        async with self.engine.begin() as conn:
+            # One lock order for every writer (request_id), so two trackers never deadlock.
+            plans.sort(key=lambda plan: plan.request_id)
+            upserts = [plan.row for plan in plans if plan.row is not None]
+            written: set[str] = set()
+            if upserts:
+                insert = self._insert(commands)
+                excluded = insert.excluded
+                statement = insert.on_conflict_do_update(
+                    index_elements=[commands.c.request_id],
+                    set_={
+                        "status": excluded.status,
+                        "status_rank": excluded.status_rank,
+                        "detail": excluded.detail,
+                        "result": excluded.result,
+                        "updated_at": excluded.updated_at,
+                        "sent_at": func.coalesce(excluded.sent_at, commands.c.sent_at),
+                    },
+                    where=commands.c.status_rank < excluded.status_rank,
+                ).returning(commands.c.request_id)
+                result = await conn.execute(statement, upserts)
+                written = {row.request_id for row in result}
+            entries: list[dict[str, Any]] = []
+            applied: list[Transition] = []
+            for plan in plans:
+                moved = plan.row is None or plan.request_id in written
+                if moved:
+                    applied += plan.transitions
+                    entries += plan.history
+                else:  # moved on meanwhile: the terminal entries are no longer first
+                    entries += [e for e in plan.history if not e["terminal"]]
+            if entries:
                 await conn.execute(
-                    update(commands)
-                    .where(commands.c.request_id == item.request_id)
-                    .where(commands.c.status_rank < rank)
-                    .values(
-                        status=item.status.value,
-                        status_rank=rank,
-                        detail=item.detail,
-                        result=item.result,
-                        updated_at=at,
-                        sent_at=commands.c.sent_at if sent_at is None else sent_at,
-                    )
-                    .returning(commands.c.protocol, commands.c.created_at)
+                    self._insert(history).on_conflict_do_nothing(),
+                    [{k: v for k, v in e.items() if k != "terminal"} for e in entries],
                 )
-            ).first()
-            if moved is not None:
-                transition = Transition(
-                    item.request_id, item.status, moved.protocol, moved.created_at, at
-                )
-            elif item.status.is_terminal:
-                log.info(
-                    "status event ignored: command already final",
-                    request_id=item.request_id,
-                    status=item.status.value,
-                    source=item.source,
-                )
-                return None
-        await conn.execute(
-            self._insert(history)
-            .values(
-                request_id=item.request_id,
-                status=item.status.value,
-                at=at,
-                source=item.source,
-                detail=_clip(item.detail),
-            )
-            .on_conflict_do_nothing()
-        )
-        return transition
+        return applied
 
     async def add_note(self, request_id: str, status: CommandStatus, detail: str) -> None:
         """Add a history entry without changing the status (e.g. a cancel request)."""
@@ -416,6 +407,67 @@ class StatusStore:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.request_id)
         return Page(items, next_cursor)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one batch does to one command: the row to upsert (None: nothing moves), the
+    transitions it makes, the history entries it adds."""
+
+    request_id: str
+    row: dict[str, Any] | None
+    transitions: list[Transition]
+    history: list[dict[str, Any]]
+
+
+def _plan(items: list[StatusEvent], current: Any) -> _Plan:
+    """Walk one command's events in order against its current rank (None: no row)."""
+    rank = None if current is None else current.status_rank
+    protocol = None if current is None else current.protocol
+    created_at = None if current is None else current.created_at
+    row: dict[str, Any] | None = None
+    transitions: list[Transition] = []
+    entries: list[dict[str, Any]] = []
+    terminal_rank = CommandStatus.SUCCEEDED.rank
+    for item in items:
+        at = to_epoch(item.occurred_at)
+        event_rank = item.status.rank
+        if rank is None or event_rank > rank:
+            if created_at is None:
+                created_at = at
+            sent = event_rank in (CommandStatus.SENT.rank, CommandStatus.DELIVERED.rank)
+            row = {
+                "request_id": item.request_id,
+                "device_id": item.device_id,
+                "status": item.status.value,
+                "status_rank": event_rank,
+                "detail": item.detail,
+                "result": item.result,
+                "created_at": created_at,
+                "updated_at": at,
+                "sent_at": at if sent else (row["sent_at"] if row is not None else None),
+            }
+            transitions.append(Transition(item.request_id, item.status, protocol, created_at, at))
+            rank = event_rank
+        elif item.status.is_terminal and rank >= terminal_rank:
+            log.info(
+                "status event ignored: command already final",
+                request_id=item.request_id,
+                status=item.status.value,
+                source=item.source,
+            )
+            continue
+        entries.append(
+            {
+                "request_id": item.request_id,
+                "status": item.status.value,
+                "at": at,
+                "source": item.source,
+                "detail": _clip(item.detail),
+                "terminal": item.status.is_terminal,
+            }
+        )
+    return _Plan(items[0].request_id, row, transitions, entries)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -252,3 +252,54 @@ async def test_statuses_survive_a_restart_and_newer_schema_is_refused(
             await newer.start()
     finally:
         await newer.stop()
+
+
+async def test_concurrent_writers_agree_on_one_first_terminal(store_url: str) -> None:
+    """Two trackers (and the sweeper) applying conflicting terminals to the same commands at
+    once: each command gets exactly one terminal status, reported once, and its history
+    holds only that one."""
+    first, second = StatusStore(store_url), StatusStore(store_url)
+    await first.start()
+    await second.start()
+    try:
+        ids = sorted(new_id() for _ in range(300))
+        await first.record_queued([queued(rid, timeout_seconds=1) for rid in ids])
+        await first.apply_events([event(rid, "sent", 1) for rid in ids])
+        won = await asyncio.gather(
+            first.apply_events([event(rid, "succeeded", 2) for rid in ids]),
+            second.apply_events(
+                [event(rid, "failed", 3, "connector-mqtt-2") for rid in reversed(ids)]
+            ),
+            second.sweep(now=T0.timestamp() + 60),
+        )
+        reported = sorted(t.request_id for transitions in won for t in transitions)
+        assert reported == ids
+        for rid in ids:
+            record = await first.get(rid)
+            assert record is not None and record.status.is_terminal
+            final = [h.status for h in record.history if CommandStatus(h.status).is_terminal]
+            assert final == [record.status.value], (rid, record.history)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_large_mixed_batch_is_applied_like_one_event_at_a_time(store: StatusStore) -> None:
+    """One batch of many commands, each with its events in order, some rows absent (events
+    before queued), some already final: the same result as applying them one by one."""
+    ids = [new_id() for _ in range(400)]
+    await store.record_queued([queued(rid) for rid in ids[:300]])
+    await store.apply_events([event(rid, "failed", 0.5) for rid in ids[:50]])  # final already
+    batch = [e for rid in ids for e in (event(rid, "sent", 1), event(rid, "succeeded", 2))]
+    moved = await store.apply_events(batch)
+    assert len(moved) == 2 * 350
+    for rid in ids[:50]:
+        record = await store.get(rid)
+        assert record is not None and record.status == CommandStatus.FAILED
+        assert [h.status for h in record.history] == ["queued", "failed", "sent"]
+    for rid in ids[50:]:
+        record = await store.get(rid)
+        assert record is not None and record.status == CommandStatus.SUCCEEDED
+        assert record.sent_at == (T0 + timedelta(seconds=1)).timestamp()
+        expected = ["queued", "sent", "succeeded"] if rid in ids[:300] else ["sent", "succeeded"]
+        assert [h.status for h in record.history] == expected
