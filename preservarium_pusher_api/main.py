@@ -162,7 +162,8 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
 
     limiter = build_limiter(settings, checker)
     app.state.limiter = limiter
-    auth = Depends(build_auth_dependency(settings, checker))
+    require_key = build_auth_dependency(settings, checker)
+    auth = Depends(require_key) if require_key is not None else None
     app.include_router(
         build_api_router(limiter, settings.rate_limit, auth, settings.metrics_require_auth)
     )

@@ -6,6 +6,7 @@ import json
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
@@ -28,6 +29,9 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: PusherMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled children, looked up once per (method, route, status): few and bounded.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,8 +59,17 @@ class RequestContextMiddleware:
     def _observe(self, scope: Scope, status_code: int, elapsed: float) -> None:
         template = route_template(scope)
         method = scope["method"]
-        self.metrics.http_requests.labels(method, template, str(status_code)).inc()
-        self.metrics.http_duration.labels(method, template).observe(elapsed)
+        counter = self._counters.get((method, template, status_code))
+        if counter is None:
+            counter = self.metrics.http_requests.labels(method, template, str(status_code))
+            self._counters[(method, template, status_code)] = counter
+        counter.inc()
+        timer = self._timers.get((method, template))
+        if timer is None:
+            timer = self._timers[(method, template)] = self.metrics.http_duration.labels(
+                method, template
+            )
+        timer.observe(elapsed)
         # Successful requests are at DEBUG: command routes log their own INFO line per
         # command, and a second line per request would double the logging cost.
         (log.info if status_code >= 400 else log.debug)(

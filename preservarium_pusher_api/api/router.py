@@ -32,11 +32,11 @@ def build_api_router(
     Args:
         limiter: the app's slowapi limiter.
         rate_limit: e.g. ``"100/minute"`` for submissions and cancels; None for no limit.
-        auth: the ``Depends(...)`` enforcing the API key.
+        auth: the ``Depends(...)`` enforcing the API key; None when auth is off.
         metrics_auth: ``/api/v1/metrics`` needs the key too (METRICS_REQUIRE_AUTH).
     """
     limited = rate_limiter(limiter, rate_limit)
-    secured = [auth]
+    secured = [auth] if auth is not None else []
     v1 = APIRouter(prefix=API_PREFIX)
     v1.include_router(commands.build_router(limited), dependencies=secured)
     v1.include_router(status.build_router(limited), dependencies=secured)

@@ -11,13 +11,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preservarium_pusher_api.api.common import RateLimited, error_docs, status_location
 from preservarium_pusher_api.api.dependencies import CommandsDep, SettingsDep, caller_scope
+from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.models import (
     BatchCommandRequest,
     BatchCommandResponse,
     CommandRequest,
     CommandResponse,
 )
-from preservarium_pusher_api.services.commands import IdempotencyKey
+from preservarium_pusher_api.services.commands import CommandService, IdempotencyKey
 from preservarium_pusher_api.services.idempotency import IDEMPOTENCY_KEY_PATTERN, StoredAnswer
 
 # W3C trace context: version-traceid-parentid-flags, forwarded only when well formed.
@@ -41,7 +42,7 @@ def _traceparent(value: str | None) -> str | None:
     return value if value and _TRACEPARENT.match(value) else None
 
 
-def _idempotency(request: Request, settings: SettingsDep, key: str | None) -> IdempotencyKey | None:
+def _idempotency(request: Request, settings: Settings, key: str | None) -> IdempotencyKey | None:
     return IdempotencyKey(caller_scope(request, settings), key) if key else None
 
 
@@ -56,12 +57,14 @@ async def create_command(
     request: Request,
     command: CommandRequest,
     response: Response,
-    commands: CommandsDep,
-    settings: SettingsDep,
     traceparent: TraceparentHeader = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Validate a command and produce it to Kafka; 202 once the broker acknowledged it."""
+    # The app's services straight from its state: the hottest route solves no dependencies.
+    state = request.app.state
+    commands: CommandService = state.commands
+    settings: Settings = state.settings
     answer = await commands.submit(
         command, _traceparent(traceparent), _idempotency(request, settings, idempotency_key)
     )
