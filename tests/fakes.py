@@ -22,6 +22,7 @@ from connectors.registry import DeviceEntry
 from connectors.settings import ConnectorSettings
 from connectors.transport import Delivery, Receipt, Transport
 from preservarium_pusher_api.core.contract import CommandMessage, DispatchPolicy, Protocol
+from preservarium_pusher_api.exceptions import PusherError
 from preservarium_pusher_api.services.kafka_service import OutgoingRecord, map_kafka_error
 
 # What a scripted send does: a Receipt to return, an exception to raise, or a callable
@@ -178,6 +179,17 @@ class InMemoryKafka:
         if not self.hold:
             ack.set_result(_metadata(record.topic, len(self.records) - 1))
         return ack
+
+    async def enqueue_many(
+        self,
+        records: list[OutgoingRecord],
+        into: list[asyncio.Future[RecordMetadata] | Exception | None],
+    ) -> None:
+        for index, record in enumerate(records):
+            try:
+                into[index] = await self.enqueue(record)
+            except PusherError as error:
+                into[index] = error
 
     def note_failure(self, exc: BaseException) -> None:
         self.last_error = type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import Awaitable
 from typing import Any
@@ -36,6 +37,9 @@ from preservarium_pusher_api.core.contract import (
     check_command_topic,
 )
 from preservarium_pusher_api.core.logging import get_logger
+
+# TCP_NODELAY, for every MQTT connection of the connector.
+NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 log = get_logger(__name__)
 
@@ -178,6 +182,9 @@ class MqttTransport(Transport):
             "keepalive": settings.mqtt_keepalive_seconds,
             "max_inflight_messages": settings.mqtt_max_inflight,
             "timeout": 10,
+            # Small MQTT packets go out at once: with Nagle, a PUBLISH written while the
+            # previous packet's ACK is delayed by the peer waits ~40 ms for it.
+            "socket_options": [NO_DELAY],
         }
         if settings.mqtt_username:
             options["username"] = settings.mqtt_username

@@ -78,6 +78,7 @@ class PrivateMosquitto(ChildProcess):
                     "autosave_interval 1",
                     "max_queued_messages 100000",
                     "max_inflight_messages 0",
+                    "set_tcp_nodelay true",
                     f"log_dest file {self.log_path}",
                     "log_type error",
                     "log_type warning",

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -118,6 +119,8 @@ class SimulatedPico:
                     clean_session=False,
                     will=will,
                     keepalive=10,
+                    # answers go out at once (no Nagle wait behind the command's PUBACK)
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 ) as client:
                     await client.subscribe(self.command_topic, qos=1)
                     await client.publish(

@@ -13,10 +13,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from preservarium_pusher_api.config import Settings
@@ -24,12 +27,18 @@ from preservarium_pusher_api.core.backoff import backoff_delay
 from preservarium_pusher_api.core.contract import dlq_topic
 from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
-from preservarium_pusher_api.exceptions import CommandRejectedError, KafkaUnavailableError
+from preservarium_pusher_api.exceptions import (
+    CommandRejectedError,
+    KafkaUnavailableError,
+    PusherError,
+)
 from preservarium_pusher_api.metrics import PusherMetrics
 
 log = get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
+# The producer's own default partitioner (murmur2 of the key), for records placed in bulk.
+_PARTITIONER = DefaultPartitioner()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +163,106 @@ class KafkaService:
         except (KafkaError, TimeoutError) as exc:
             self.note_failure(exc)
             raise map_kafka_error(exc, self.retry_after) from exc
+
+    async def enqueue_many(
+        self,
+        records: Sequence[OutgoingRecord],
+        into: list[asyncio.Future[RecordMetadata] | PusherError | None],
+    ) -> None:
+        """Hand many records to the producer in bulk: one record batch per partition (a new
+        one when it is full) instead of one ``send`` per record.
+
+        Keyed records go to the partition ``enqueue`` would pick (the default partitioner,
+        murmur2 of the key), so the order per key holds across both paths. ``into[i]``
+        becomes the future of ``records[i]`` (resolving with that record's metadata) as
+        soon as it is handed over, or its error; an entry still None was not handed over
+        (the caller's deadline passed first).
+
+        Raises:
+            KafkaUnavailableError: Kafka is known to be unreachable (nothing handed over).
+        """
+        producer = self._producer
+        if producer is None or not self._connected:
+            raise KafkaUnavailableError(
+                "Kafka is unavailable; the command was not accepted", retry_after=self.retry_after
+            )
+        groups: dict[tuple[str, int], list[int]] = {}
+        try:
+            partitions: dict[str, list[int]] = {}
+            limit = self._settings.kafka_max_request_size
+            for index, record in enumerate(records):
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                    record.key, record.value, record.headers
+                )
+                if size > limit:  # refused alone, as ``send`` refuses it
+                    into[index] = CommandRejectedError(
+                        "Kafka refused the record: MessageSizeTooLargeError "
+                        f"({size} bytes; KAFKA_MAX_REQUEST_SIZE is {limit})"
+                    )
+                    continue
+                topic = record.topic
+                if topic not in partitions:
+                    partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = _PARTITIONER(record.key, partitions[topic], partitions[topic])
+                groups.setdefault((topic, partition), []).append(index)
+            for (topic, partition), indexes in groups.items():
+                batch = producer.create_batch()
+                members: list[tuple[int, int]] = []
+                for index in indexes:
+                    record = records[index]
+                    appended = batch.append(
+                        key=record.key, value=record.value, timestamp=None, headers=record.headers
+                    )
+                    if appended is None:  # full: send it, start the next one
+                        await self._send_batch(producer, batch, topic, partition, members, into)
+                        batch, members = producer.create_batch(), []
+                        appended = batch.append(
+                            key=record.key,
+                            value=record.value,
+                            timestamp=None,
+                            headers=record.headers,
+                        )
+                    members.append((index, appended.offset))
+                await self._send_batch(producer, batch, topic, partition, members, into)
+        except (KafkaError, TimeoutError) as exc:
+            self.note_failure(exc)
+            error = map_kafka_error(exc, self.retry_after)
+            assert isinstance(error, PusherError)
+            for index, item in enumerate(into):
+                if item is None:
+                    into[index] = error
+
+    @staticmethod
+    async def _send_batch(
+        producer: AIOKafkaProducer,
+        batch: Any,
+        topic: str,
+        partition: int,
+        members: list[tuple[int, int]],
+        into: list[asyncio.Future[RecordMetadata] | PusherError | None],
+    ) -> None:
+        if not members:
+            return
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in members]
+        done = await producer.send_batch(batch, topic, partition=partition)
+
+        def settle(acked: asyncio.Future[RecordMetadata]) -> None:
+            failure = None if acked.cancelled() else acked.exception()
+            for future, (_, relative) in zip(futures, members, strict=True):
+                if future.done():
+                    continue
+                if acked.cancelled():
+                    future.cancel()
+                elif failure is not None:
+                    future.set_exception(failure)
+                else:
+                    base = acked.result()
+                    future.set_result(base._replace(offset=base.offset + relative))
+
+        done.add_done_callback(settle)
+        for future, (index, _) in zip(futures, members, strict=True):
+            into[index] = future
 
     def note_failure(self, exc: BaseException) -> None:
         """Record a produce failure; connection-level failures flip ``connected`` off."""

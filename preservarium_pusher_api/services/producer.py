@@ -216,15 +216,18 @@ class CommandProducer:
         deadline = started + self._settings.kafka_producer_timeout
         ids = list(request_ids) if request_ids is not None else new_request_ids(len(requests))
         messages = [self._message(request, rid) for request, rid in zip(requests, ids, strict=True)]
-        pending: list[asyncio.Future[RecordMetadata] | PusherError] = []
+        records = [self._record(message, traceparent) for message in messages]
+        handed: list[asyncio.Future[RecordMetadata] | PusherError | None] = [None] * len(records)
         try:
             async with asyncio.timeout(self._settings.kafka_producer_timeout):
-                for message in messages:
-                    pending.append(await self._enqueue_or_error(message, traceparent))
+                await self._kafka.enqueue_many(records, handed)
         except TimeoutError as exc:
             # Items not handed to the producer in time fail; those handed over are awaited.
             timed_out = self._failure(exc)
-            pending += [timed_out] * (len(messages) - len(pending))
+            handed = [timed_out if item is None else item for item in handed]
+        except PusherError as error:  # Kafka went away: nothing was handed over
+            handed = [error if item is None else item for item in handed]
+        pending = [item for item in handed if item is not None]
         futures = [item for item in pending if isinstance(item, asyncio.Future)]
         if futures:
             await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.001))
@@ -313,14 +316,6 @@ class CommandProducer:
         except (KafkaError, TimeoutError) as exc:
             raise self._failure(exc) from exc
         log.info("cancel requested", request_id=request_id, device_id=device_id)
-
-    async def _enqueue_or_error(
-        self, message: CommandMessage, traceparent: str | None
-    ) -> asyncio.Future[RecordMetadata] | PusherError:
-        try:
-            return await self._kafka.enqueue(self._record(message, traceparent))
-        except PusherError as error:
-            return error
 
     def _settle(
         self,

@@ -171,3 +171,44 @@ async def test_response_timestamp_is_the_record_creation_time(api: LiveApi) -> N
     answered = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
     created = datetime.fromisoformat(value_of(record)["created_at"].replace("Z", "+00:00"))
     assert abs((answered - created).total_seconds()) < 0.001
+
+
+async def test_batches_and_single_commands_share_each_devices_partition_and_order(
+    api: LiveApi,
+) -> None:
+    """Batches are produced in bulk (a record batch per partition), singles one by one; a
+    device's commands still land in one partition, in submission order, whichever way they
+    came, and each answer names the record's real partition and offset."""
+    devices = [f"bulk-{n}" for n in range(12)]
+    sent: list[tuple[str, int]] = []  # (device, step)
+    answers: dict[str, tuple[int, int]] = {}
+    step = 0
+    for round_ in range(3):
+        one = await api.client.post(
+            "/api/v1/commands", json=command(device_id=devices[round_], payload={"step": step})
+        )
+        assert one.status_code == 202
+        answers[one.json()["request_id"]] = (one.json()["partition"], one.json()["offset"])
+        sent.append((devices[round_], step))
+        step += 1
+        items = []
+        for n in range(120):
+            items.append(command(device_id=devices[n % len(devices)], payload={"step": step}))
+            sent.append((devices[n % len(devices)], step))
+            step += 1
+        response = await api.client.post("/api/v1/commands/batch", json={"commands": items})
+        assert response.status_code == 202 and response.json()["failed"] == 0
+        for result in response.json()["results"]:
+            answers[result["request_id"]] = (result["partition"], result["offset"])
+
+    records = await read_records(
+        api.settings.kafka_bootstrap_servers, api.settings.kafka_command_topic, len(sent)
+    )
+    assert len(records) == len(sent)
+    for record in records:
+        assert answers[headers_of(record)["request_id"]] == (record.partition, record.offset)
+    for device in devices:
+        mine = [r for r in records if r.key == device.encode()]
+        assert len({r.partition for r in mine}) == 1
+        steps = [value_of(r)["payload"]["step"] for r in sorted(mine, key=lambda r: r.offset)]
+        assert steps == [s for d, s in sent if d == device]
