@@ -10,7 +10,7 @@ ARGS ?=
 $(STAMP): pyproject.toml devtools/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ot2]' -e ./devtools
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ot2,bench]' -e ./devtools
 	touch $(STAMP)
 
 dev: $(STAMP)  ## embedded Kafka-compatible broker + API (ARGS="--api-port 8080")
@@ -29,10 +29,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## load test; writes docs/benchmarks.md
-	$(BIN)/python bench/run_bench.py $(ARGS)
-	$(BIN)/python bench/mqtt_bench.py
-	$(BIN)/python bench/coap_bench.py
+bench: $(STAMP)  ## every benchmark (~8 min); writes docs/benchmarks.md and its charts
+	command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+	devtools/scripts/ensure-postgres.sh
+	rm -rf .bench
+	timeout 300 $(BIN)/python bench/run_bench.py $(ARGS)
+	timeout 240 $(BIN)/python bench/tracker_bench.py
+	timeout 360 $(BIN)/python bench/mqtt_bench.py
+	timeout 180 $(BIN)/python bench/coap_bench.py
+	$(BIN)/python bench/charts.py docs/bench-throughput.png
 
 chaos: $(STAMP)  ## replicas under faults (full size); writes docs/reliability.md
 	rm -f .chaos-report.jsonl

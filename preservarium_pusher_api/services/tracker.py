@@ -170,7 +170,7 @@ class StatusTracker:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         failures = 0
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
             if not batches:
                 await self._update_lag(consumer)
                 await self._note_progress(consumer)
