@@ -56,6 +56,10 @@ log = get_logger(__name__)
 _MAX_BACKOFF_SECONDS = 5.0
 _Wire = TypeVar("_Wire", StatusEvent, DevicePresence, CommandMessage)
 _PURGE_EVERY_SECONDS = 3600.0
+# Records per fetch, written in one store transaction.
+_FETCH_MAX_RECORDS = 2000
+# How often lag and read-to-the-end progress are looked at while records flow.
+_OBSERVE_EVERY_SECONDS = 0.25
 # Whole-batch failures in a row before records are tried one by one.
 _ISOLATE_AFTER_FAILURES = 2
 
@@ -169,8 +173,9 @@ class StatusTracker:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         failures = 0
+        observed = 0.0
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=500, max_records=_FETCH_MAX_RECORDS)
             if not batches:
                 await self._update_lag(consumer)
                 await self._note_progress(consumer)
@@ -237,8 +242,13 @@ class StatusTracker:
                 {partition: records[-1].offset + 1 for partition, records in batches.items()}
             )
             self._record(transitions)
-            await self._update_lag(consumer)
-            await self._note_progress(consumer)
+            # Lag and progress ask for every partition's position: a few times a second is
+            # enough (the sweeper reads progress once per sweep), not after every fetch.
+            now = time.monotonic()
+            if now - observed >= _OBSERVE_EVERY_SECONDS:
+                observed = now
+                await self._update_lag(consumer)
+                await self._note_progress(consumer)
 
     async def _apply_one_by_one(
         self,
