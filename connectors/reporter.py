@@ -86,7 +86,7 @@ class Reporter:
                 **connection_options(self._settings),
                 acks="all",
                 enable_idempotence=self._settings.kafka_enable_idempotence,
-                linger_ms=2,
+                linger_ms=self._settings.connector_report_linger_ms,
             )
             try:
                 await producer.start()

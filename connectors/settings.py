@@ -57,6 +57,9 @@ class ConnectorSettings(CoreSettings):
     connector_parking_topic: str | None = None
     # Replication of the journal topic when a connector creates it (as the API's topics).
     kafka_topic_replication_factor: int = Field(1, ge=1, le=10)
+    # Status events wait this long to share a produce request with others (the event's
+    # time is taken before; the command's own send never waits on it).
+    connector_report_linger_ms: int = Field(5, ge=0, le=1000)
     # How far the clocks of API and connector hosts may disagree (journal read-back).
     connector_journal_skew_seconds: float = Field(300.0, ge=0, le=86_400)
     # What a device may send: larger or deeper messages are refused unread and counted in
