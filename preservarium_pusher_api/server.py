@@ -7,13 +7,15 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.errors import ConfigurationError
 from preservarium_pusher_api.core.logging import configure_logging
 from preservarium_pusher_api.core.supervision import TaskDied
 
-FACTORY = "preservarium_pusher_api.main:create_app"
+# What each uvicorn worker process calls to build its app (``--workers N``).
+FACTORY = "preservarium_pusher_api.server:worker_app"
 
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
@@ -39,6 +41,13 @@ def serve_api(settings: Settings, workers: int = 1) -> int:
     configure_logging(settings.log_level, settings.log_format)
     options = uvicorn_options(settings)
     if workers > 1:
+        if settings.status_store_enabled:
+            # Migrate once here, not in every worker at the same time.
+            try:
+                asyncio.run(_migrate(settings))
+            except ConfigurationError as exc:
+                print(f"pusher api: configuration error: {exc}", file=sys.stderr)
+                return 2
         # Each worker builds its settings from the same environment.
         uvicorn.run(FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]
         return 0
@@ -53,6 +62,26 @@ def serve_api(settings: Settings, workers: int = 1) -> int:
         print(f"pusher api: {died}", file=sys.stderr)
         return 1
     return 0
+
+
+def worker_app() -> Any:
+    """The app of one worker process: settings from the same environment as the parent,
+    and the same logging (format and level) before anything logs."""
+    from preservarium_pusher_api.main import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+async def _migrate(settings: Settings) -> None:
+    from preservarium_pusher_api.store import StatusStore
+
+    store = StatusStore(settings.status_store_url)
+    try:
+        await store.start()
+    finally:
+        await store.stop()
 
 
 def serve_tracker(settings: Settings) -> int:

@@ -13,6 +13,7 @@ stamped with revision ``0001`` (the same schema) and the old version table is dr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from alembic import command
@@ -105,7 +106,8 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
         ConfigurationError: the database was written by a newer version of the service.
     """
     postgres = engine.dialect.name == "postgresql"
-    for attempt in range(3):
+    attempts = 6
+    for attempt in range(attempts):
         try:
             async with engine.begin() as conn:
                 if postgres:
@@ -115,7 +117,8 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
         except (IntegrityError, ProgrammingError, OperationalError) as exc:
             # SQLite has no advisory lock: two processes creating the tables at once make
             # one of them fail; by the next attempt the other has finished.
-            if attempt == 2:
+            if attempt == attempts - 1:
                 raise
             log.info("status store schema race, retrying", error=type(exc).__name__)
+            await asyncio.sleep(0.2 * (attempt + 1))  # the other process finishes meanwhile
     return None

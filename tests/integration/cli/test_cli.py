@@ -105,6 +105,35 @@ async def test_pusher_api_serves_from_env_and_logs_json(
     assert all("timestamp" in line and "level" in line for line in lines)
 
 
+async def test_pusher_api_with_two_workers_on_a_new_store_serves_from_both(
+    api_env: dict[str, str],
+) -> None:
+    """`pusher api --workers 2` on a store that does not exist yet: the schema is made once
+    (not by both workers racing), both workers stay up and every command is accepted."""
+    process = subprocess.Popen(
+        [PUSHER, "api", "--workers", "2"],
+        env=api_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    base_url = f"http://127.0.0.1:{api_env['API_PORT']}"
+    try:
+        wait_ready(base_url, process)
+        body = {"device_id": "cli-dev", "command_type": "ping", "protocol": "http"}
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            answers = await asyncio.gather(
+                *(client.post("/api/v1/commands", json=body) for _ in range(60))
+            )
+        assert [answer.status_code for answer in answers] == [202] * 60
+    finally:
+        output = stop(process, signal.SIGTERM)
+    assert "Traceback" not in output and "died" not in output, output
+    assert output.count("Application startup complete") == 2, output
+    assert output.count("Application shutdown complete") == 2, output
+
+
 def test_auth_without_keys_exits_with_a_clear_message(api_env: dict[str, str]) -> None:
     """`pusher api` refuses to start with ENABLE_AUTH but no key, naming the problem."""
     result = subprocess.run(
