@@ -25,7 +25,12 @@ def _cpu_seconds() -> float:
 
 
 async def offer(
-    url: str, rate: float, seconds: float, devices: list[str], max_inflight: int
+    url: str,
+    rate: float,
+    seconds: float,
+    devices: list[str],
+    max_inflight: int,
+    request_timeout: float = 30.0,
 ) -> dict[str, object]:
     """Offer ``rate`` POSTs/s for ``seconds``; return what was achieved."""
     bodies = [
@@ -48,7 +53,7 @@ async def offer(
     headers = {"Content-Type": "application/json"}
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=max_inflight, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=request_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def post(body: bytes) -> None:
@@ -87,7 +92,7 @@ async def offer(
         send_window = loop.time() - start
         cpu_sending = _cpu_seconds() - cpu_before
         if tasks:
-            await asyncio.wait(tasks, timeout=35)
+            await asyncio.wait(tasks, timeout=request_timeout + 5)
     latencies.sort()
 
     def pct(share: float) -> float:

@@ -430,4 +430,4 @@ def cli(doc: str, start: str, end: str, measure: Any, **options: Any) -> None:
 
 
 if __name__ == "__main__":
-    cli(__doc__, START, END, measure, seconds=8, rates="100,300,500,1000,1500,2000")
+    cli(__doc__, START, END, measure, seconds=8, rates="100,200,300,500,1000,1500,2000")
