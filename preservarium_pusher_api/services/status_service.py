@@ -177,18 +177,25 @@ class StatusComponents:
         Raises:
             InvalidCursorError: ``cursor`` was not issued by a listing.
         """
+        before = decode_cursor(cursor) if cursor is not None else None
+        candidates = (
+            self.recent.matching(device_id=device_id, since=since, before=before)
+            if len(self.recent) and status in (None, CommandStatus.QUEUED)
+            else []
+        )
+        # Which of them the store has, asked before the page is read: a row written in
+        # between is then in the page (and taken from there), never in neither.
+        stored = await self.store.existing([row.request_id for row in candidates])
+        self.recent.forget(stored)
         page = await self.store.list(
             device_id=device_id, status=status, since=since, limit=limit, cursor=cursor
         )
-        if not len(self.recent) or status not in (None, CommandStatus.QUEUED):
-            return page
-        before = decode_cursor(cursor) if cursor is not None else None
-        candidates = self.recent.matching(device_id=device_id, since=since, before=before)
-        if not candidates:
-            return page
-        stored = await self.store.existing([row.request_id for row in candidates])
-        self.recent.forget(stored)
-        extra = [record_of_queued(row) for row in candidates if row.request_id not in stored]
+        listed = {record.request_id for record in page.items}
+        extra = [
+            record_of_queued(row)
+            for row in candidates
+            if row.request_id not in stored and row.request_id not in listed
+        ]
         if not extra:
             return page
         # The page ends where the store's next page starts; extra rows past that end
