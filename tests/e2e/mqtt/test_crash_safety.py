@@ -1,4 +1,4 @@
-"""Crash safety: a SIGKILLed connector or a restarted Mosquitto in the middle of 2,000 commands.
+"""Crash safety: a SIGKILLed connector or a restarted Mosquitto in the middle of 1,000 commands.
 
 Every accepted command must reach a terminal status and the device must run each
 request_id at most once. The numbers (duplicates absorbed by the connector's journal and
@@ -32,13 +32,13 @@ from tests.mqtt_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-TOTAL = 2000
+TOTAL = 1000
 DEVICES = [f"pico-crash-{n}" for n in range(8)]
 TERMINAL = ("succeeded", "failed", "timed_out", "expired", "cancelled")
 
 
 async def submit_all(api: LiveApi) -> list[str]:
-    """2,000 commands spread over the devices, in batches of 500."""
+    """1,000 commands spread over the devices, in batches of 500."""
     accepted: list[str] = []
     for start in range(0, TOTAL, 500):
         items = [
@@ -46,7 +46,7 @@ async def submit_all(api: LiveApi) -> list[str]:
                 device_id=DEVICES[n % len(DEVICES)],
                 payload={"pin": n % 28, "state": True},
                 ttl_seconds=60,
-                timeout_seconds=30,
+                timeout_seconds=10,
             )
             for n in range(start, start + 500)
         ]
@@ -106,7 +106,7 @@ def scrape(port: int, name: str, **labels: str) -> float:
 async def test_sigkill_connector_mid_stream(
     make_settings: SettingsFactory, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> None:
-    """SIGKILL during 2,000 commands, restart: all terminal, each request_id run at most once."""
+    """SIGKILL during 1,000 commands, restart: all terminal, each request_id run at most once."""
     base = make_settings(tracker_enabled=True, sweep_grace_seconds=5)
     settings = mqtt_settings(base, mosquitto, connector_metrics_port=free_port())
     prefix = settings.mqtt_topic_prefix
@@ -156,7 +156,7 @@ async def test_sigkill_connector_mid_stream(
 
 
 async def test_mosquitto_restart_mid_stream(make_settings: SettingsFactory, tmp_path: Path) -> None:
-    """Mosquitto restarted during 2,000 commands: all terminal; the connector hands each
+    """Mosquitto restarted during 1,000 commands: all terminal; the connector hands each
     request_id to the broker once, and each runs once on the boards.
 
     Across a broker restart, MQTT QoS 1 between the broker and a device is at least once:
