@@ -22,14 +22,14 @@ lint: $(STAMP)  ## ruff (format + lint), mypy and the import directions
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint  ## the whole suite, integration tests included, in two processes
-	$(BIN)/pytest -n 2 $(ARGS)
+test: lint  ## the whole suite, integration tests included
+	$(BIN)/pytest $(ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## every benchmark (~8 min); writes docs/benchmarks.md and its charts
+bench: $(STAMP)  ## every benchmark (~5 min); writes docs/benchmarks.md and its charts
 	command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	devtools/scripts/ensure-postgres.sh
 	rm -rf .bench

@@ -333,7 +333,7 @@ in-memory), `acks=all`, idempotence off (the embedded broker lacks it). Every ra
 is between two numbers of the same run.
 
 Reproduce with (a fresh clone needs nothing else; it installs wrk and starts PostgreSQL
-when missing, and takes about 8 minutes):
+when missing, and takes about 5 minutes):
 
 ```bash
 {command_line}
