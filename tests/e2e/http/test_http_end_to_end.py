@@ -297,19 +297,24 @@ async def test_busy_agent_is_retried_without_running_twice(stack: Stack) -> None
         stack.agent_client.post(
             "/execute/slow_step",
             headers={"X-Request-ID": f"bench-script-{label}"},
-            json={"seconds": 1.5, "label": f"other-{label}"},
+            # long enough that the command meets the busy agent on a loaded machine
+            json={"seconds": 5, "label": f"other-{label}"},
         )
     )
-    for _ in range(50):
+    for _ in range(100):
         if (await agent_health(stack))["busy"]:
             break
         await asyncio.sleep(0.05)
     refusals = (await agent_health(stack))["busy_refusals"]
     request_id = await post(stack, command_type="slow_step", payload={"seconds": 0, "label": label})
+    # the command is refused while the other action still runs ...
+    while (await agent_health(stack))["busy_refusals"] == refusals:
+        assert not other.done(), "the command never met the busy agent"
+        await asyncio.sleep(0.05)
+    # ... and runs once the agent is free
     body = await wait_status(stack.api, request_id, "succeeded")
     assert body["result"] == {"slept": 0.0, "label": label}
     assert (await other).status_code == 200
-    assert (await agent_health(stack))["busy_refusals"] > refusals
     entries, _ = await run_log(stack, start)
     assert entries == [f"slow step other-{label}", f"slow step {label}"]
     assert sample(stack, "pusher_connector_busy_retries_total") >= 1
