@@ -22,8 +22,8 @@ lint: $(STAMP)  ## ruff (format + lint), mypy and the import directions
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint  ## the whole suite, integration tests included
-	$(BIN)/pytest $(ARGS)
+test: lint  ## the whole suite, integration tests included, in two processes
+	$(BIN)/pytest -n 2 $(ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

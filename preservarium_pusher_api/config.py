@@ -56,6 +56,18 @@ class Settings(CoreSettings):
     max_long_polls_per_key: int = Field(100, ge=1, le=100_000)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
 
+    # Event stream (GET /api/v1/events)
+    # A Last-Event-ID older than this is answered with a "gone" error event (resync).
+    events_retention_seconds: int = Field(3600, ge=1)
+    # A comment line this often keeps proxies from closing an idle stream.
+    events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
+    # The reconnect delay the stream tells clients (SSE "retry:").
+    events_retry_ms: int = Field(3000, ge=100, le=600_000)
+    # Streams open at once per API key (per client address with auth off); beyond it 429.
+    events_max_streams_per_key: int = Field(10, ge=1, le=10_000)
+    # A client that has not taken an event within this long is disconnected.
+    events_send_timeout_seconds: float = Field(10.0, gt=0, le=600)
+
     # HTTP server
     api_title: str = "Preservarium Pusher API"
     api_version: str = __version__

@@ -12,6 +12,7 @@
     ├── CommandNotFoundError / DeviceNotFoundError
     ├── CommandNotCancellableError
     ├── IdempotencyKeyConflictError / IdempotencyKeyInProgressError (retriable)
+    ├── TooManyLongPollsError / TooManyStreamsError (retriable)
     └── StatusStoreUnavailableError  retriable
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "PusherError",
     "RequestBodyTooLargeError",
     "StatusStoreUnavailableError",
+    "TooManyStreamsError",
 ]
 
 
@@ -110,6 +112,12 @@ class IdempotencyKeyInProgressError(PusherError):
 
 class TooManyLongPollsError(PusherError):
     """The caller already holds ``MAX_LONG_POLLS_PER_KEY`` long-polls."""
+
+    retriable = True
+
+
+class TooManyStreamsError(PusherError):
+    """The caller already holds ``EVENTS_MAX_STREAMS_PER_KEY`` event streams."""
 
     retriable = True
 

@@ -27,6 +27,7 @@ from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.core.supervision import TaskDied, check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.services.commands import CommandService
+from preservarium_pusher_api.services.events import EventStreams
 from preservarium_pusher_api.services.idempotency import IdempotencyService
 from preservarium_pusher_api.services.kafka_service import KafkaService
 from preservarium_pusher_api.services.status_service import (
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     app.state.commands = commands
     app.state.status = status
     app.state.tracker = tracker
+    app.state.events = EventStreams(settings)
     install_error_handlers(app)
 
     limiter = build_limiter(settings, checker)

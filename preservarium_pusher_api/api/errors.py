@@ -34,6 +34,7 @@ from preservarium_pusher_api.exceptions import (
     RequestBodyTooLargeError,
     StatusStoreUnavailableError,
     TooManyLongPollsError,
+    TooManyStreamsError,
 )
 from preservarium_pusher_api.store import STORE_ERRORS
 
@@ -54,6 +55,7 @@ HTTP_STATUS: Final[dict[type[PusherError], int]] = {
     InvalidQueryError: 422,
     CommandRejectedError: 502,
     TooManyLongPollsError: 429,
+    TooManyStreamsError: 429,
     KafkaUnavailableError: 503,
     StatusStoreUnavailableError: 503,
     ConfigurationError: 500,

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from slowapi import Limiter
 
 from preservarium_pusher_api.api.common import API_PREFIX, Endpoint, RateLimited
-from preservarium_pusher_api.api.v1 import commands, devices, health, service, status
+from preservarium_pusher_api.api.v1 import commands, devices, events, health, service, status
 
 
 def rate_limiter(limiter: Limiter, rate_limit: str | None) -> RateLimited:
@@ -41,6 +41,7 @@ def build_api_router(
     v1.include_router(commands.build_router(limited), dependencies=secured)
     v1.include_router(status.build_router(limited), dependencies=secured)
     v1.include_router(devices.build_router(), dependencies=secured)
+    v1.include_router(events.build_router(), dependencies=secured)
     v1.include_router(service.service_router, dependencies=secured)
     # Scraped by Prometheus without a key unless METRICS_REQUIRE_AUTH asks for one.
     v1.include_router(service.metrics_router, dependencies=secured if metrics_auth else [])

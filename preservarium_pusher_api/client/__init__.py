@@ -30,6 +30,7 @@ from preservarium_pusher_api.client._errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from preservarium_pusher_api.client._events import Event, EventsGone
 from preservarium_pusher_api.client._plan import DEFAULT_URL, MAX_LONG_POLL_SECONDS
 from preservarium_pusher_api.client._sync import PusherClient
 
@@ -38,6 +39,8 @@ __all__ = [
     "MAX_LONG_POLL_SECONDS",
     "CommandNotFound",
     "CommandRejected",
+    "Event",
+    "EventsGone",
     "PusherAPIClient",
     "PusherClient",
     "PusherClientError",

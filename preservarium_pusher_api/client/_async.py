@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import httpx
+from httpx_sse import aconnect_sse
 from pydantic import BaseModel
 
+from preservarium_pusher_api.client._events import (
+    DEFAULT_READ_TIMEOUT,
+    EVENTS_PATH,
+    Event,
+    EventStreamPlan,
+    retriable,
+)
 from preservarium_pusher_api.client._plan import (
     DEFAULT_URL,
     Operations,
@@ -148,3 +156,38 @@ class PusherAPIClient:
     async def device(self, device_id: str) -> DeviceResponse:
         """One device."""
         return await self._run(self._ops.device(device_id))
+
+    async def events(
+        self,
+        device_id: str | Iterable[str] | None = None,
+        request_id: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        *,
+        last_event_id: str | None = None,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> AsyncIterator[Event]:
+        """Live events (``async for event in client.events(device_id="pico-1")``).
+
+        Reconnects by itself with ``Last-Event-ID`` (no gap, no duplicate); raises
+        ``EventsGone`` when the server no longer keeps what was missed, and ``Unauthorized``
+        or ``CommandRejected`` at once.
+        """
+        plan = EventStreamPlan(device_id, request_id, status, last_event_id, read_timeout)
+        while True:
+            error: BaseException | None = None
+            try:
+                async with aconnect_sse(
+                    self._http, "GET", EVENTS_PATH, **plan.request_options()
+                ) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                    plan.check(source.response)
+                    async for message in source.aiter_sse():
+                        event = plan.event(message)
+                        if event is not None:
+                            yield event
+            except Exception as exc:
+                if not retriable(exc):
+                    raise
+                error = exc
+            await asyncio.sleep(plan.next_delay(error))

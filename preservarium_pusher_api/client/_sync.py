@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 from pydantic import BaseModel
 
+from preservarium_pusher_api.client._events import (
+    DEFAULT_READ_TIMEOUT,
+    EVENTS_PATH,
+    Event,
+    EventStreamPlan,
+    retriable,
+)
 from preservarium_pusher_api.client._plan import (
     DEFAULT_URL,
     Operations,
@@ -144,3 +152,34 @@ class PusherClient:
     def device(self, device_id: str) -> DeviceResponse:
         """One device."""
         return self._run(self._ops.device(device_id))
+
+    def events(
+        self,
+        device_id: str | Iterable[str] | None = None,
+        request_id: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        *,
+        last_event_id: str | None = None,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> Iterator[Event]:
+        """Live events (``for event in client.events(device_id="pico-1")``); reconnects by
+        itself with ``Last-Event-ID``, like ``PusherAPIClient.events``."""
+        plan = EventStreamPlan(device_id, request_id, status, last_event_id, read_timeout)
+        while True:
+            error: BaseException | None = None
+            try:
+                with connect_sse(
+                    self._http, "GET", EVENTS_PATH, **plan.request_options()
+                ) as source:
+                    if source.response.status_code != 200:
+                        source.response.read()
+                    plan.check(source.response)
+                    for message in source.iter_sse():
+                        event = plan.event(message)
+                        if event is not None:
+                            yield event
+            except Exception as exc:
+                if not retriable(exc):
+                    raise
+                error = exc
+            time.sleep(plan.next_delay(error))

@@ -1,0 +1,166 @@
+"""The live event stream: ``GET /api/v1/events`` (Server-Sent Events).
+
+The stream opens with an id-only message (``id:`` and ``retry:``, no event) so that a
+client reconnecting before any event arrived still resumes where it began; then one
+``event: status`` or ``event: presence`` per change, each with its ``id``; a comment line
+every ``EVENTS_HEARTBEAT_SECONDS``. A ``Last-Event-ID`` too old to replay gets one
+``event: error`` (the JSON error shape, ``type`` ``EventsGone``, details ``status`` 410) and the end
+of the stream: the client resyncs from the list API. A client that takes no data for
+``EVENTS_SEND_TIMEOUT_SECONDS`` is disconnected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
+
+from preservarium_pusher_api.api.common import device_id_checked, error_docs
+from preservarium_pusher_api.api.dependencies import caller_scope
+from preservarium_pusher_api.api.errors import request_id_of
+from preservarium_pusher_api.core.contract import CommandStatus
+from preservarium_pusher_api.core.logging import get_logger
+from preservarium_pusher_api.exceptions import InvalidQueryError
+from preservarium_pusher_api.services.events import (
+    EventFilter,
+    EventPosition,
+    EventReader,
+    EventsGone,
+    EventStreams,
+    InvalidEventId,
+)
+
+log = get_logger(__name__)
+
+_READ_TIMEOUT_MS = 500
+_MAX_FILTER_VALUES = 100
+
+
+class _EventStreamResponse(EventSourceResponse):
+    """Releases the caller's stream budget and the reader however the stream ends."""
+
+    def __init__(self, content: Any, on_close: Callable[[], Any], **options: Any) -> None:
+        super().__init__(content, **options)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.warning("event stream client too slow; disconnected")
+        finally:
+            await self._on_close()
+
+
+def _filter(device_id: list[str], request_id: list[str], status: list[str]) -> EventFilter:
+    if max(len(device_id), len(request_id), len(status)) > _MAX_FILTER_VALUES:
+        raise InvalidQueryError(f"at most {_MAX_FILTER_VALUES} values per filter")
+    statuses = {item.value for item in CommandStatus}
+    unknown = [value for value in status if value not in statuses]
+    if unknown:
+        raise InvalidQueryError(
+            f"unknown status; one of {', '.join(sorted(statuses))}",
+            details=[{"loc": ["query", "status"]}],
+        )
+    return EventFilter(
+        device_ids=frozenset(device_id_checked(item, "query") for item in device_id),
+        request_ids=frozenset(item.lower() for item in request_id),
+        statuses=frozenset(status),
+    )
+
+
+def _message(kind: str, data: dict[str, Any], event_id: str | None = None) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(data, separators=(",", ":")), event=kind, id=event_id)
+
+
+async def _events(
+    reader: EventReader,
+    start: EventPosition,
+    wanted: EventFilter,
+    retry_ms: int,
+) -> AsyncIterator[ServerSentEvent]:
+    yield ServerSentEvent(id=start.encode(), retry=retry_ms)
+    while True:
+        for event, position in await reader.read(_READ_TIMEOUT_MS):
+            if wanted.matches(event):
+                yield _message(event.kind, event.data, position.encode())
+
+
+async def _gone(error: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+    body = {
+        "error": error,
+        "type": "EventsGone",
+        "details": [{"status": 410, "resync": "/api/v1/commands"}],
+        "request_id": request_id_of(request),
+    }
+    yield _message("error", body)
+
+
+async def stream_events(
+    request: Request,
+    device_id: Annotated[list[str], Query(max_length=_MAX_FILTER_VALUES)] = [],  # noqa: B006
+    request_id: Annotated[list[str], Query(max_length=_MAX_FILTER_VALUES)] = [],  # noqa: B006
+    status: Annotated[list[str], Query(max_length=_MAX_FILTER_VALUES)] = [],  # noqa: B006
+    last_event_id: Annotated[str | None, Header(max_length=8192)] = None,
+) -> EventSourceResponse:
+    """Live status and presence events, resumable with ``Last-Event-ID``."""
+    settings = request.app.state.settings
+    streams: EventStreams = request.app.state.events
+    wanted = _filter(device_id, request_id, status)
+    since = None
+    if last_event_id:
+        try:
+            since = EventPosition.decode(last_event_id)
+        except InvalidEventId as exc:
+            raise InvalidQueryError(
+                str(exc), details=[{"loc": ["header", "last-event-id"]}]
+            ) from None
+    release = streams.admit(caller_scope(request, settings))
+    options: dict[str, Any] = {
+        "ping": settings.events_heartbeat_seconds,
+        "send_timeout": settings.events_send_timeout_seconds,
+        "headers": {"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    }
+    try:
+        reader, start = await streams.reader(since)
+    except EventsGone as exc:
+
+        async def released() -> None:
+            release()
+
+        return _EventStreamResponse(_gone(str(exc), request), released, **options)
+    except InvalidEventId as exc:
+        release()
+        raise InvalidQueryError(str(exc), details=[{"loc": ["header", "last-event-id"]}]) from None
+    except BaseException:
+        release()
+        raise
+
+    async def close() -> None:
+        release()
+        await streams.close(reader)
+
+    content = _events(reader, start, wanted, settings.events_retry_ms)
+    return _EventStreamResponse(content, close, **options)
+
+
+def build_router() -> APIRouter:
+    """The event stream route."""
+    router = APIRouter(tags=["events"])
+    router.add_api_route(
+        "/events",
+        stream_events,
+        methods=["GET"],
+        response_class=EventSourceResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "The event stream"},
+            **error_docs(401, 422, 429, 503),
+        },
+        summary="Live status and presence events (Server-Sent Events)",
+    )
+    return router
