@@ -68,6 +68,23 @@ class Settings(CoreSettings):
     # A client that has not taken an event within this long is disconnected.
     events_send_timeout_seconds: float = Field(10.0, gt=0, le=600)
 
+    # Webhooks
+    # The subscriptions file (YAML/JSON); unset: no webhooks.
+    webhooks_path: Path | None = None
+    # Deliver from inside the API process (off: run `pusher webhooks` alone).
+    webhooks_in_api: bool = True
+    # Hosts (or host:port) webhook URLs may point to; nothing else is ever called.
+    webhook_allowed_hosts: str = ""
+    webhook_group_id: str = "pusher-webhooks"
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    webhook_max_backoff_seconds: float = Field(30.0, gt=0, le=3600)
+    # A subscription failing this long is paused (its events dropped, counted).
+    webhook_pause_after_seconds: float = Field(600.0, gt=0)
+    # Commands delivered in parallel per subscription (each command's events in order).
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    webhook_reload_seconds: float = Field(2.0, gt=0, le=3600)
+    webhook_metrics_port: int = Field(0, ge=0, le=65535)
+
     # HTTP server
     api_title: str = "Preservarium Pusher API"
     api_version: str = __version__

@@ -36,6 +36,7 @@ from preservarium_pusher_api.services.status_service import (
     StatusNotifier,
 )
 from preservarium_pusher_api.services.tracker import StatusTracker
+from preservarium_pusher_api.services.webhooks import WebhookDispatcher
 from preservarium_pusher_api.store import StatusStore
 
 log = get_logger(__name__)
@@ -121,8 +122,16 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     status = build_status(settings) if settings.status_store_enabled else None
     commands = CommandService(settings, kafka, metrics, status)
     tracker = (
-        StatusTracker(settings, status.store, metrics, status.notifier.notify)
+        StatusTracker(
+            settings, status.store, metrics, status.notifier.notify, kafka.publish_statuses
+        )
         if status is not None and settings.tracker_enabled
+        else None
+    )
+
+    webhooks = (
+        WebhookDispatcher(settings, metrics)
+        if settings.webhooks_path is not None and settings.webhooks_in_api
         else None
     )
 
@@ -139,7 +148,14 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
             if tracker is not None:
                 await tracker.start()
                 stack.push_async_callback(tracker.stop)
-            background = [*kafka.tasks(), *(tracker.tasks() if tracker else [])]
+            if webhooks is not None:
+                await webhooks.start()
+                stack.push_async_callback(webhooks.stop)
+            background = [
+                *kafka.tasks(),
+                *(tracker.tasks() if tracker else []),
+                *(webhooks.tasks() if webhooks else []),
+            ]
             # Registered last, so it is cancelled first: stopping the services is no death.
             watchdog = asyncio.create_task(watch_background(app, background), name="watchdog")
             stack.callback(watchdog.cancel)
@@ -159,7 +175,8 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     app.state.commands = commands
     app.state.status = status
     app.state.tracker = tracker
-    app.state.events = EventStreams(settings)
+    app.state.events = EventStreams(settings, metrics)
+    app.state.webhooks = webhooks
     install_error_handlers(app)
 
     limiter = build_limiter(settings, checker)

@@ -102,6 +102,31 @@ class PusherMetrics:
             "1 when the last status store write succeeded, else 0.",
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "pusher_webhook_deliveries",
+            "Webhook delivery attempts by subscription and outcome (delivered, failed, "
+            "dropped while paused).",
+            ["subscription", "outcome"],
+            registry=registry,
+        )
+        self.webhook_duration = Histogram(
+            "pusher_webhook_delivery_duration_seconds",
+            "Time a webhook receiver took to answer (or to fail).",
+            ["subscription"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.webhook_paused = Gauge(
+            "pusher_webhook_paused",
+            "1 while a webhook subscription is paused after failing too long.",
+            ["subscription"],
+            registry=registry,
+        )
+        self.event_streams = Gauge(
+            "pusher_event_streams_open",
+            "Event streams (GET /api/v1/events) open on this instance.",
+            registry=registry,
+        )
         self.build = Info("pusher_build", "Version of the running service.", registry=registry)
         self.build.info({"version": __version__, "python": platform.python_version()})
 

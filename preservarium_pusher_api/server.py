@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from preservarium_pusher_api.config import Settings
@@ -88,9 +88,25 @@ def serve_tracker(settings: Settings) -> int:
     """The status tracker alone (results topic → status store, deadline sweeper)."""
     from preservarium_pusher_api.services.tracker import run_tracker
 
+    return _serve_alone("tracker", settings, run_tracker)
+
+
+def serve_webhooks(settings: Settings) -> int:
+    """The webhook dispatcher alone (``pusher webhooks``)."""
+    from preservarium_pusher_api.services.webhooks import run_webhooks
+
+    if settings.webhooks_path is None:
+        print("pusher webhooks: WEBHOOKS_PATH is not set", file=sys.stderr)
+        return 2
+    return _serve_alone("webhooks", settings, run_webhooks)
+
+
+def _serve_alone(
+    name: str, settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, None]]
+) -> int:
     configure_logging(settings.log_level, settings.log_format)
     loop = asyncio.new_event_loop()
-    main_task = loop.create_task(run_tracker(settings))
+    main_task = loop.create_task(run(settings))
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, main_task.cancel)
     try:
@@ -98,10 +114,10 @@ def serve_tracker(settings: Settings) -> int:
     except asyncio.CancelledError:
         return 0
     except ConfigurationError as exc:
-        print(f"pusher tracker: configuration error: {exc}", file=sys.stderr)
+        print(f"pusher {name}: configuration error: {exc}", file=sys.stderr)
         return 2
     except TaskDied as exc:  # logged with its exception; a supervisor restarts the process
-        print(f"pusher tracker: {exc}", file=sys.stderr)
+        print(f"pusher {name}: {exc}", file=sys.stderr)
         return 1
     finally:
         loop.close()

@@ -1,4 +1,4 @@
-"""``pusher send|status|list|cancel|devices``: the API from a shell, on ``PusherClient``.
+"""``pusher send|status|list|cancel|devices|watch``: the API from a shell, on ``PusherClient``.
 
 Readable tables for people, ``--json`` for scripts. ``PUSHER_URL`` (default
 ``http://localhost:8000``) and ``PUSHER_API_KEY`` configure it, or ``--url``/``--api-key``.
@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from preservarium_pusher_api.client import (
     DEFAULT_URL,
     CommandRejected,
+    Event,
     PusherClient,
     PusherClientError,
     RateLimited,
@@ -191,6 +192,43 @@ def cmd_devices(client: PusherClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _event_line(event: Event) -> str:
+    data = event.data
+    at = str(data.get("at", ""))[:23].replace("T", " ")
+    if event.kind == "presence":
+        online = data.get("online")
+        state = "unknown" if online is None else "online" if online else "offline"
+        return f"{at}  {event.device_id}  presence  {state}"
+    line = (
+        f"{at}  {event.device_id}  {data.get('command_type') or '-'}  "
+        f"{event.request_id}  {event.status}"
+    )
+    if data.get("detail"):
+        line += f"  ({data['detail']})"
+    if data.get("result") is not None:
+        line += f"  result: {json.dumps(data['result'], ensure_ascii=False)}"
+    return line
+
+
+def cmd_watch(client: PusherClient, args: argparse.Namespace) -> int:
+    seen = 0
+    try:
+        for event in client.events(
+            device_id=args.device, request_id=args.request_id, status=args.status
+        ):
+            if args.json:
+                record = {"event": event.kind, "id": event.id, "data": event.data}
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(_event_line(event), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def add_client_commands(commands: Any) -> None:
     """Add send/status/list/cancel/devices to the ``pusher`` parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -237,7 +275,16 @@ def add_client_commands(commands: Any) -> None:
     devices = commands.add_parser("devices", parents=[common], help="devices and presence")
     devices.set_defaults(client_handler=cmd_devices)
 
-    for parser in (send, status, listing, cancel, devices):
+    watch = commands.add_parser(
+        "watch", parents=[common], help="print status and presence events as they happen"
+    )
+    watch.add_argument("--device", action="append", help="only this device (repeatable)")
+    watch.add_argument("--request-id", action="append", help="only this command (repeatable)")
+    watch.add_argument("--status", action="append", help="only this status (repeatable)")
+    watch.add_argument("--count", type=int, help="stop after this many events")
+    watch.set_defaults(client_handler=cmd_watch)
+
+    for parser in (send, status, listing, cancel, devices, watch):
         parser.set_defaults(handler=run_client_command)
 
 

@@ -1,7 +1,8 @@
 """The ``pusher`` command: ``pusher api`` serves the API, ``pusher tracker`` the tracker alone,
-``pusher connector PROTOCOL`` a connector, ``pusher db upgrade`` migrates the status store,
-``pusher dev`` runs a local stack from a checkout, ``pusher send|status|list|cancel|devices``
-talk to a running API (see ``client_commands``)."""
+``pusher webhooks`` the webhook deliveries alone, ``pusher connector PROTOCOL`` a connector,
+``pusher db upgrade`` migrates the status store, ``pusher dev`` runs a local stack from a
+checkout, ``pusher send|status|list|cancel|devices|watch`` talk to a running API (see
+``client_commands``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from pathlib import Path
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.errors import ConfigurationError
 from preservarium_pusher_api.core.logging import configure_logging
-from preservarium_pusher_api.server import add_api_arguments, run_api, serve_tracker
+from preservarium_pusher_api.server import (
+    add_api_arguments,
+    run_api,
+    serve_tracker,
+    serve_webhooks,
+)
 from pusher_cli.client_commands import add_client_commands
 
 
@@ -23,6 +29,12 @@ def run_tracker_command(args: argparse.Namespace) -> int:
     """The status tracker alone (results topic → status store, deadline sweeper)."""
     overrides = {"tracker_metrics_port": args.metrics_port} if args.metrics_port else {}
     return serve_tracker(Settings(**overrides))
+
+
+def run_webhooks_command(args: argparse.Namespace) -> int:
+    """The webhook dispatcher alone (the API then runs with WEBHOOKS_IN_API=false)."""
+    overrides = {"webhook_metrics_port": args.metrics_port} if args.metrics_port else {}
+    return serve_webhooks(Settings(**overrides))
 
 
 def run_connector_command(args: argparse.Namespace) -> int:
@@ -117,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus metrics (default TRACKER_METRICS_PORT)"
     )
     tracker.set_defaults(handler=run_tracker_command)
+
+    webhooks = commands.add_parser(
+        "webhooks", help="webhook deliveries alone (when the API runs with WEBHOOKS_IN_API=false)"
+    )
+    webhooks.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics (default WEBHOOK_METRICS_PORT)"
+    )
+    webhooks.set_defaults(handler=run_webhooks_command)
 
     connector = commands.add_parser(
         "connector",

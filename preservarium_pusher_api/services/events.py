@@ -39,6 +39,7 @@ from preservarium_pusher_api.core.contract import (
 from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.exceptions import KafkaUnavailableError, TooManyStreamsError
+from preservarium_pusher_api.metrics import PusherMetrics
 
 log = get_logger(__name__)
 
@@ -338,8 +339,9 @@ def kinds_of(names: Iterable[str]) -> frozenset[str]:
 class EventStreams:
     """Opens readers for streams and keeps the per-caller budget of open streams."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: PusherMetrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self.facts = CommandFacts()
         self._open: dict[str, int] = {}
         # readers positioned and reading (a stream is admitted a moment before)
@@ -393,9 +395,11 @@ class EventStreams:
                 ) from exc
             raise
         self.serving += 1
+        self._metrics.event_streams.set(self.serving)
         return reader, start
 
     async def close(self, reader: EventReader) -> None:
         """Close a reader ``reader()`` opened."""
         self.serving -= 1
+        self._metrics.event_streams.set(self.serving)
         await reader.close()

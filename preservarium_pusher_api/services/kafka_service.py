@@ -24,7 +24,7 @@ from aiokafka.structs import RecordMetadata
 
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.backoff import backoff_delay
-from preservarium_pusher_api.core.contract import dlq_topic
+from preservarium_pusher_api.core.contract import StatusEvent, dlq_topic
 from preservarium_pusher_api.core.kafka import connection_options
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.exceptions import (
@@ -163,6 +163,18 @@ class KafkaService:
         except (KafkaError, TimeoutError) as exc:
             self.note_failure(exc)
             raise map_kafka_error(exc, self.retry_after) from exc
+
+    async def publish_statuses(self, events: Sequence[StatusEvent]) -> None:
+        """Write status events to the results topic (key ``request_id``); returns once
+        every one is acknowledged."""
+        topic = self._settings.kafka_result_topic
+        acks = [
+            await self.enqueue(
+                OutgoingRecord(topic, e.request_id.encode(), e.model_dump_json().encode(), [])
+            )
+            for e in events
+        ]
+        await asyncio.gather(*acks)
 
     async def enqueue_many(
         self,

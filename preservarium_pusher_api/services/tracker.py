@@ -10,7 +10,9 @@ harmless. After repeated failures the records are tried one by one, and one the 
 refuses alone is dropped (logged, counted) instead of holding the topic.
 
 The sweeper marks ``queued`` commands past ``expires_at`` as ``expired`` and ``sent`` or
-``delivered`` commands past their execution deadline as ``timed_out``. Its state is the
+``delivered`` commands past their execution deadline as ``timed_out``, and publishes each
+such change on the results topic (source ``sweeper``) so that event streams and webhooks see
+it like any other; reading it back changes nothing (the command is terminal). Its state is the
 store (survives restarts) and each change is one conditional UPDATE (several trackers
 never double-fire). Deadlines respect lag: each tracker notes when it had read each of its
 results partitions to the end (``store.progress``), and the sweeper decides only deadlines
@@ -23,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -40,11 +43,12 @@ from preservarium_pusher_api.core.contract import (
     MessageKind,
     StatusEvent,
 )
-from preservarium_pusher_api.core.kafka import consumer_options
+from preservarium_pusher_api.core.kafka import connection_options, consumer_options
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.core.supervision import check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.store import (
+    SWEEPER_SOURCE,
     QueuedCommand,
     StatusStore,
     Transition,
@@ -88,12 +92,14 @@ class StatusTracker:
         store: StatusStore,
         metrics: PusherMetrics,
         on_change: Callable[[Iterable[str]], None] | None = None,
+        publish: Callable[[list[StatusEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._devices = store.devices
         self._metrics = metrics
         self._on_change = on_change
+        self._publish = publish
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
@@ -365,8 +371,30 @@ class StatusTracker:
                         status=transition.status.value,
                     )
                 self._record(transitions)
+                await self._publish_sweeps(transitions)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.sweep_interval_seconds)
+
+    async def _publish_sweeps(self, transitions: list[Transition]) -> None:
+        if self._publish is None or not transitions:
+            return
+        events = [
+            StatusEvent(
+                request_id=transition.request_id,
+                device_id=transition.device_id or "unknown",
+                status=transition.status,
+                occurred_at=datetime.fromtimestamp(transition.at, UTC),
+                source=SWEEPER_SOURCE,
+                detail=transition.detail,
+            )
+            for transition in transitions
+        ]
+        try:
+            await self._publish(events)
+        except Exception as exc:  # the store has them; only live watchers miss them
+            log.warning(
+                "deadline statuses not published", count=len(events), error=type(exc).__name__
+            )
 
     async def _sweep(self) -> list[Transition]:
         """Deadlines up to the trackers' watermark; none while it is unknown."""
@@ -391,10 +419,23 @@ async def run_tracker(settings: Settings) -> None:
     if settings.tracker_metrics_port:
         start_http_server(settings.tracker_metrics_port, registry=metrics.registry)
         log.info("tracker metrics served", port=settings.tracker_metrics_port)
-    tracker = StatusTracker(settings, store, metrics)
+    producer = AIOKafkaProducer(**connection_options(settings), acks="all")
+    await producer.start()
+
+    async def publish(events: list[StatusEvent]) -> None:
+        acks = [
+            await producer.send(
+                settings.kafka_result_topic, e.model_dump_json().encode(), e.request_id.encode()
+            )
+            for e in events
+        ]
+        await asyncio.gather(*acks)
+
+    tracker = StatusTracker(settings, store, metrics, publish=publish)
     await tracker.start()
     try:
         await tracker.wait()
     finally:
         await tracker.stop()
+        await producer.stop()
         await store.stop()

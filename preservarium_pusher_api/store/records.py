@@ -88,6 +88,9 @@ class Transition:
     protocol: str | None
     created_at: float
     at: float
+    # set on the sweeper's transitions (it publishes them as status events)
+    device_id: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

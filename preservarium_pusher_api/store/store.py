@@ -305,7 +305,10 @@ class StatusStore:
                             updated_at=now,
                         )
                         .returning(
-                            commands.c.request_id, commands.c.protocol, commands.c.created_at
+                            commands.c.request_id,
+                            commands.c.device_id,
+                            commands.c.protocol,
+                            commands.c.created_at,
                         )
                     )
                 ).all()
@@ -325,7 +328,15 @@ class StatusStore:
                     ],
                 )
                 transitions += [
-                    Transition(row.request_id, status, row.protocol, row.created_at, now)
+                    Transition(
+                        row.request_id,
+                        status,
+                        row.protocol,
+                        row.created_at,
+                        now,
+                        row.device_id,
+                        reason,
+                    )
                     for row in changed
                 ]
         return transitions

@@ -6,9 +6,9 @@ is served by ``status.py``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -26,6 +26,19 @@ metrics_router = APIRouter(tags=["monitoring"])
 async def service_status(commands: CommandsDep) -> ServiceStatus:
     """Version, Kafka connectivity, uptime, commands processed, last error (API key needed)."""
     return commands.service_status()
+
+
+@service_router.get(
+    "/webhooks", responses=error_docs(401), summary="Webhook subscriptions and their state"
+)
+async def webhooks(request: Request) -> dict[str, Any]:
+    """Each subscription's state (active, failing, paused) and counts, and what the
+    subscriptions file refused; secrets are never shown. ``running`` is false when this
+    instance does not deliver (no ``WEBHOOKS_PATH``, or ``pusher webhooks`` does)."""
+    dispatcher = request.app.state.webhooks
+    if dispatcher is None:
+        return {"running": False, "subscriptions": [], "refused": {}}
+    return {"running": True, **dispatcher.describe()}
 
 
 @metrics_router.get(

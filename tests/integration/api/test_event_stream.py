@@ -259,3 +259,22 @@ async def test_status_filter_leaves_presence_out(make_settings: SettingsFactory)
                 await emit(api.settings, status_event(request_id, status, device_id=device))
             (block,) = await next_blocks(lines, 1)
         assert json.loads(block["data"])["status"] == CommandStatus.SUCCEEDED.value
+
+
+async def test_a_deadline_the_sweeper_decides_is_on_the_stream(
+    make_settings: SettingsFactory,
+) -> None:
+    """No connector delivers it: the sweeper's ``expired`` reaches the stream from the
+    results topic, like a connector's status."""
+    async with serve(make_settings(tracker_enabled=True)) as api:
+        device = f"pico-{uuid.uuid4().hex[:6]}"
+        async with raw_stream(api, params={"device_id": device}) as (_, lines):
+            await streams_open(api, 1)
+            request_id = await submit(api, device_id=device, ttl_seconds=1)
+            blocks = await next_blocks(lines, 2, within=20)
+    bodies = [json.loads(block["data"]) for block in blocks]
+    assert [(b["request_id"], b["status"]) for b in bodies] == [
+        (request_id, "queued"),
+        (request_id, "expired"),
+    ]
+    assert bodies[1]["source"] == "sweeper" and bodies[1]["device_id"] == device
