@@ -22,6 +22,7 @@ from preservarium_pusher_api.api.dependencies import (
 from preservarium_pusher_api.api.errors import install_error_handlers
 from preservarium_pusher_api.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from preservarium_pusher_api.api.router import build_api_router
+from preservarium_pusher_api.api.ui import install_dashboard
 from preservarium_pusher_api.config import Settings, split_csv
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.core.supervision import TaskDied, check_alive
@@ -186,6 +187,7 @@ def create_app(settings: Settings | None = None, *, kafka: KafkaService | None =
     app.include_router(
         build_api_router(limiter, settings.rate_limit, auth, settings.metrics_require_auth)
     )
+    install_dashboard(app)
 
     _add_middleware(app, settings, metrics)
     return app

@@ -43,6 +43,8 @@ ConnectorSettingsT = TypeVar("ConnectorSettingsT", bound=ConnectorSettings)
 BANNER = """
 Preservarium Pusher (dev)
   API          http://{api}
+  Dashboard    http://{api}/ui/
+  Events       http://{api}/api/v1/events  (or: pusher watch)
   OpenAPI      http://{api}/docs
   Metrics      http://{api}/api/v1/metrics
   Devices      http://{api}/api/v1/devices

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pusher_dev.embedded_kafka import free_port, wait_for_port
 
-from tests.conftest import KafkaTarget
+from tests.conftest import KafkaTarget, SettingsFactory
 from tests.kafka_helpers import read_records, value_of
 
 pytestmark = pytest.mark.integration
@@ -289,6 +289,7 @@ async def test_pusher_dev_runs_the_readme_examples_and_stops_cleanly(tmp_path: P
     finally:
         output = stop(process, signal.SIGINT)
     assert "Kafka" in output and f"http://127.0.0.1:{api_port}" in output
+    assert f"http://127.0.0.1:{api_port}/ui/" in output  # the dashboard
     assert not wait_for_port("127.0.0.1", kafka_port, timeout=0.5), "broker left running"
     assert not wait_for_port("127.0.0.1", api_port, timeout=0.5), "API left running"
     assert not wait_for_port("127.0.0.1", mqtt_port, timeout=0.5), "Mosquitto left running"
@@ -389,3 +390,41 @@ async def test_pusher_tracker_alone_applies_events_and_serves_metrics(
         output = stop(process, signal.SIGTERM)
     assert process.returncode == 0, output
     assert "status tracker consuming" in output
+
+
+async def test_pusher_watch_prints_the_events_of_a_device_as_json_lines(
+    make_settings: SettingsFactory,
+) -> None:
+    """`pusher watch --device D --json --count 2` prints queued then sent for D, one JSON
+    object per line, and exits 0."""
+    from tests.conftest import command, serve
+    from tests.integration.api.test_status_api import emit, status_event
+
+    async with serve(make_settings()) as api:
+        watch = await asyncio.create_subprocess_exec(
+            PUSHER, "watch", "--device", "pico-watched", "--json", "--count", "2",
+            env={**os.environ, "PUSHER_URL": api.base_url},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(30):
+                while api.app.state.events.serving == 0:
+                    await asyncio.sleep(0.05)
+            for device in ("pico-other", "pico-watched"):
+                response = await api.client.post("/api/v1/commands", json=command(device_id=device))
+                assert response.status_code == 202
+            request_id = response.json()["request_id"]
+            await emit(api.settings, status_event(request_id, "sent", device_id="pico-watched"))
+            out, err = await asyncio.wait_for(watch.communicate(), 30)
+        finally:
+            if watch.returncode is None:
+                watch.kill()
+                await watch.wait()
+    assert watch.returncode == 0, err
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(line["event"], line["data"]["status"]) for line in lines] == [
+        ("status", "queued"),
+        ("status", "sent"),
+    ]
+    assert {line["data"]["request_id"] for line in lines} == {request_id}
+    assert all(line["id"] for line in lines)
