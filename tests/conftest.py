@@ -121,9 +121,12 @@ class LiveApi:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings, wait_for_kafka: bool = True) -> AsyncIterator[LiveApi]:
-    """Run ``create_app(settings)`` under uvicorn on a free port in this event loop."""
-    port = free_port()
+async def serve(
+    settings: Settings, wait_for_kafka: bool = True, port: int | None = None
+) -> AsyncIterator[LiveApi]:
+    """Run ``create_app(settings)`` under uvicorn on ``port`` (default: a free one) in this
+    event loop."""
+    port = port or free_port()
     app = create_app(settings)
     options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": port}
     config = uvicorn.Config(app, **options)  # type: ignore[arg-type]

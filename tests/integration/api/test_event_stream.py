@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from preservarium_pusher_api.client import EventsGone, PusherAPIClient
+from preservarium_pusher_api.client import EventsGone, PusherAPIClient, PusherClient
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.contract import CommandStatus, DevicePresence, Protocol
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
@@ -278,3 +279,70 @@ async def test_a_deadline_the_sweeper_decides_is_on_the_stream(
         (request_id, "expired"),
     ]
     assert bodies[1]["source"] == "sweeper" and bodies[1]["device_id"] == device
+
+
+async def test_a_client_that_stops_reading_is_disconnected(make_settings: SettingsFactory) -> None:
+    """A stream whose client reads nothing is closed after EVENTS_SEND_TIMEOUT_SECONDS once
+    the socket buffers are full, instead of the server buffering without bound."""
+    async with serve(make_settings(events_send_timeout_seconds=1.0)) as api:
+        port = int(api.base_url.rsplit(":", 1)[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(
+            sock, b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        try:
+            await streams_open(api, 1)
+            producer = AIOKafkaProducer(bootstrap_servers=api.settings.kafka_bootstrap_servers)
+            await producer.start()
+            try:
+                presence = DevicePresence(
+                    device_id="pico-chatty", protocol=Protocol.MQTT, online=True,
+                    last_seen=datetime.now(UTC), source="connector-mqtt-test", detail="x" * 400,
+                ).model_dump_json().encode()  # fmt: skip
+                sent = [
+                    await producer.send(api.settings.kafka_presence_topic, presence, b"pico")
+                    for _ in range(20_000)
+                ]
+                await asyncio.gather(*sent)
+            finally:
+                await producer.stop()
+            async with asyncio.timeout(30):
+                while api.app.state.events.serving:
+                    await asyncio.sleep(0.1)
+        finally:
+            sock.close()
+        # the stream's place is free again
+        async with raw_stream(api) as (response, _):
+            assert response.status_code == 200
+
+
+async def test_the_sync_client_reads_the_stream_and_resumes_across_a_server_restart(
+    make_settings: SettingsFactory,
+) -> None:
+    """``PusherClient.events`` yields events; when the API goes away and comes back, it
+    reconnects with Last-Event-ID and gets what happened meanwhile."""
+    settings = make_settings(events_retry_ms=200)
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    seen: list[Any] = []
+    async with serve(settings) as api:
+        client = PusherClient(api.base_url)
+        stream = client.events(device_id=device)
+        first = asyncio.ensure_future(asyncio.to_thread(next, stream))
+        await streams_open(api, 1)
+        request_id = await submit(api, device_id=device)
+        seen.append(await asyncio.wait_for(first, 15))
+        port = int(api.base_url.rsplit(":", 1)[1])
+    # the API is gone; an event happens meanwhile; the API comes back on the same port
+    await emit(settings, status_event(request_id, "sent", device_id=device))
+    async with serve(settings, port=port) as api:
+        seen.append(await asyncio.wait_for(asyncio.to_thread(next, stream), 30))
+    stream.close()
+    client.close()
+    assert [(e.request_id, e.status) for e in seen] == [
+        (request_id, "queued"),
+        (request_id, "sent"),
+    ]
