@@ -428,3 +428,69 @@ async def test_pusher_watch_prints_the_events_of_a_device_as_json_lines(
     ]
     assert {line["data"]["request_id"] for line in lines} == {request_id}
     assert all(line["id"] for line in lines)
+
+
+async def test_pusher_webhooks_alone_delivers_serves_metrics_and_stops(
+    api_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`pusher webhooks` delivers signed events from its own consumer group, counts them on
+    its metrics port and stops on SIGTERM; without WEBHOOKS_PATH it refuses to start."""
+    from aiokafka import AIOKafkaProducer
+
+    from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent, utc_now
+    from tests.integration.api.test_webhooks import SECRET, Receiver, documented_verify
+
+    refused = subprocess.run(
+        [PUSHER, "webhooks"], env=api_env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "WEBHOOKS_PATH" in refused.stderr
+    receiver = Receiver(free_port())
+    await receiver.up()
+    hooks = tmp_path / "webhooks.yaml"
+    hooks.write_text(
+        "subscriptions:\n"
+        f"  - {{name: lab, url: 'http://127.0.0.1:{receiver.port}/hook', secret: {SECRET}}}\n"
+    )
+    metrics_port = free_port()
+    env = {
+        **api_env,
+        "WEBHOOKS_PATH": str(hooks),
+        "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "WEBHOOK_GROUP_ID": f"{api_env['KAFKA_COMMAND_TOPIC']}-webhooks",
+        "KAFKA_PRESENCE_TOPIC": f"{api_env['KAFKA_COMMAND_TOPIC']}-presence",
+        "KAFKA_CONSUMER_REBALANCE_TIMEOUT_MS": "300",
+    }
+    process = subprocess.Popen(
+        [PUSHER, "webhooks", "--metrics-port", str(metrics_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert wait_for_port("127.0.0.1", metrics_port, timeout=15), "no metrics port"
+        producer = AIOKafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+        await producer.start()
+        try:
+            event = StatusEvent(
+                request_id="6b0c1a64-9a51-4f0e-8d7e-0c7b4a3e2f10",
+                device_id="pico-w-lab-001",
+                status=CommandStatus.SUCCEEDED,
+                occurred_at=utc_now(),
+                source="connector-mqtt-1",
+            )
+            async with asyncio.timeout(30):  # a new group starts at the end: repeat
+                while not receiver.deliveries:
+                    await producer.send_and_wait(
+                        env["KAFKA_RESULT_TOPIC"], event.model_dump_json().encode(), key=b"k"
+                    )
+                    await asyncio.sleep(0.5)
+        finally:
+            await producer.stop()
+        headers, body = receiver.deliveries[0]
+        assert documented_verify()(SECRET, headers["Pusher-Signature"], body)
+        assert json.loads(body)["data"]["status"] == "succeeded"
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'pusher_webhook_deliveries_total{outcome="delivered",subscription="lab"}' in metrics
+    finally:
+        output = stop(process, signal.SIGTERM)
+        await receiver.down()
+    assert process.returncode == 0, output
+    assert SECRET not in output
