@@ -241,3 +241,38 @@ async def test_parser_outside_the_allow_list_fails_the_command(stack: Stack, ref
     records = await read_records(settings.kafka_bootstrap_servers, settings.kafka_result_topic, 1)
     event = records[0].value or b""
     assert b'"failed"' in event and b"parser" in event, event
+
+
+async def test_a_stream_on_another_api_instance_follows_a_command_to_its_end(
+    make_settings: SettingsFactory, mosquitto: PrivateMosquitto
+) -> None:
+    """Two API instances share Kafka; a command accepted by A runs through the real MQTT
+    connector and a simulated board; the event stream on B shows every status, in order."""
+    from preservarium_pusher_api.client import PusherAPIClient
+
+    base = make_settings(tracker_enabled=True)
+    settings = mqtt_settings(base, mosquitto)
+    async with (
+        serve(base) as accepting,
+        serve(base.model_copy(update={"tracker_enabled": False})) as watching,
+        running_connector(settings),
+        simulators(mosquitto, settings.mqtt_topic_prefix, "pico-streamed"),
+        PusherAPIClient(watching.base_url) as client,
+    ):
+        stream = client.events(device_id="pico-streamed")
+        first = asyncio.ensure_future(anext(stream))
+        async with asyncio.timeout(10):
+            while watching.app.state.events.serving == 0:
+                await asyncio.sleep(0.02)
+        request_id = await post(
+            accepting, device_id="pico-streamed", payload={"pin": 25, "state": True}
+        )
+        events = [await asyncio.wait_for(first, 20)]
+        async with asyncio.timeout(20):
+            while events[-1].status != "succeeded":
+                events.append(await anext(stream))
+        await stream.aclose()
+    mine = [e for e in events if e.request_id == request_id]
+    assert [e.status for e in mine] == ["queued", "sent", "delivered", "succeeded"]
+    assert mine[-1].data["result"] == "LED on pin 25 ON"
+    assert all(e.data["command_type"] == "control_led" for e in mine)

@@ -238,3 +238,23 @@ async def test_with_auth_on_the_key_is_asked_once_and_kept_out_of_urls(
         assert stored == key
         assert key not in await ui.run(lambda: browser.current_url)
         await ui.run(lambda: browser.execute_script("sessionStorage.clear()"))
+
+
+async def test_a_queued_command_is_cancelled_from_its_page(dashboard: Dashboard) -> None:
+    """A command for a board that is offline waits queued; its page offers Cancel, and the
+    cancelled status arrives on the page by itself."""
+    response = await dashboard.api.client.post(
+        "/api/v1/commands",
+        json={"device_id": "pico-asleep", "command_type": "control_led", "protocol": "mqtt",
+              "payload": {"pin": 25, "state": True}},
+    )  # fmt: skip
+    assert response.status_code == 202
+    request_id = response.json()["request_id"]
+    await dashboard.open(f"#/command/{request_id}")
+    await dashboard.until(lambda b: b.find_element(By.ID, "cancel").is_displayed())
+    await dashboard.run(lambda: dashboard.browser.find_element(By.ID, "cancel").click())
+    assert await dashboard.until(
+        lambda b: text_of("#command-status")(b) == "cancelled" and "cancelled", within=30
+    )
+    assert "cancelled" in await dashboard.until(text_of("#timeline"))
+    assert (await wait_status(dashboard.api, request_id, "cancelled"))["status"] == "cancelled"
