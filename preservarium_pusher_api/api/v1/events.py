@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -86,7 +87,12 @@ async def _events(
 ) -> AsyncIterator[ServerSentEvent]:
     yield ServerSentEvent(id=start.encode(), retry=retry_ms)
     while True:
-        for event, position in await reader.read(_READ_TIMEOUT_MS):
+        try:
+            fetched = await reader.read(_READ_TIMEOUT_MS)
+        except KafkaError as exc:  # the client reconnects with its Last-Event-ID
+            log.warning("event stream ended: kafka read failed", error=type(exc).__name__)
+            return
+        for event, position in fetched:
             if wanted.matches(event):
                 yield _message(event.kind, event.data, position.encode())
 
@@ -120,7 +126,11 @@ async def stream_events(
             raise InvalidQueryError(
                 str(exc), details=[{"loc": ["header", "last-event-id"]}]
             ) from None
-    release = streams.admit(caller_scope(request, settings))
+    # per API key; with auth off per client address (tabs of one browser share it)
+    scope = caller_scope(request, settings)
+    if not settings.enable_auth:
+        scope = "ip:" + (request.client.host if request.client else "unknown")
+    release = streams.admit(scope)
     options: dict[str, Any] = {
         "ping": settings.events_heartbeat_seconds,
         "send_timeout": settings.events_send_timeout_seconds,
