@@ -1,12 +1,15 @@
 """Webhooks: every status and presence event POSTed, signed, to the operator's subscribers.
 
-One consumer group (``WEBHOOK_GROUP_ID``) reads the commands, results and presence topics,
-so several API instances (or ``pusher webhooks`` processes) share the work and send each
-event once. A fetched batch is delivered to every subscription it matches, then its offsets
-are committed: delivery is at least once (a crash re-sends the uncommitted batch; receivers
-dedupe on ``Pusher-Event-Id``). Within a subscription the events of one command (one
-device, for presence) go one after the other, in order; different commands go in parallel
-(``WEBHOOK_CONCURRENCY``).
+One consumer group (``WEBHOOK_GROUP_ID``) reads the commands, results and presence topics.
+Its assignor gives every partition to one member: a command's ``queued`` (commands topic)
+and its later statuses (results topic) must go out from the same reader to stay in order,
+so one instance delivers and the others (more API instances, ``pusher webhooks``
+processes) stand by and take over when it leaves; each event is sent by one of them. A
+fetched batch (commands topic first) is delivered to every subscription it matches, then
+its offsets are committed: delivery is at least once (a crash or a hand-over re-sends the
+uncommitted batch; receivers dedupe on ``Pusher-Event-Id``). Within a subscription the
+events of one command (one device, for presence) go one after the other, in order;
+different commands go in parallel (``WEBHOOK_CONCURRENCY``).
 
 A failed delivery (no answer, not 2xx) is retried with capped exponential backoff and
 jitter. A subscription that has failed for longer than ``WEBHOOK_PAUSE_AFTER_SECONDS`` is
@@ -20,11 +23,18 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import start_http_server
 
@@ -48,8 +58,37 @@ from preservarium_pusher_api.services.webhook_config import (
 
 log = get_logger(__name__)
 
-_FETCH_MAX_RECORDS: Final = 500
+_FETCH_MAX_RECORDS: Final = 2000
 _USER_AGENT: Final = f"preservarium-pusher-webhooks/{__version__}"
+
+
+class OneOwnerAssignor(AbstractPartitionAssignor):
+    """Every partition of every subscribed topic to one member (the lowest member id)."""
+
+    name = "pusher-one-owner"
+    version = 0
+
+    @classmethod
+    def assign(
+        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        owner = min(members)
+        topics = sorted({topic for meta in members.values() for topic in meta.subscription})
+        owned = [(topic, sorted(cluster.partitions_for_topic(topic) or ())) for topic in topics]
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                cls.version, owned if member == owner else [], b""
+            )
+            for member in members
+        }
+
+    @classmethod
+    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
+
+    @classmethod
+    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+        return None
 
 
 class _Stopping(Exception):
@@ -112,6 +151,7 @@ class WebhookDispatcher:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
         self._topics = (
             settings.kafka_command_topic,
             settings.kafka_result_topic,
@@ -153,9 +193,15 @@ class WebhookDispatcher:
         await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         check_alive(self._tasks)
 
+    @property
+    def delivering(self) -> bool:
+        """True while this instance owns the group's partitions (the others stand by)."""
+        return bool(self._consumer is not None and self._consumer.assignment())
+
     def describe(self) -> dict[str, Any]:
         """Subscriptions, their state and what the file refused (never a secret)."""
         return {
+            "delivering": self.delivering,
             "path": str(self._path) if self._path else None,
             "file_error": self.file_error,
             "subscriptions": [state.describe() for state in self._states.values()],
@@ -210,6 +256,7 @@ class WebhookDispatcher:
         while not self._stopping.is_set():
             options = consumer_options(self._settings, self._settings.webhook_group_id)
             options["auto_offset_reset"] = "latest"  # a new group starts with new events
+            options["partition_assignment_strategy"] = (OneOwnerAssignor,)
             options["max_poll_interval_ms"] = int(
                 (self._settings.webhook_pause_after_seconds + 60) * 1000
             )
@@ -227,7 +274,7 @@ class WebhookDispatcher:
         return None
 
     async def _consume_forever(self) -> None:
-        consumer = await self._connect()
+        consumer = self._consumer = await self._connect()
         if consumer is None:
             return
         index = {topic: number for number, topic in enumerate(self._topics)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -199,3 +200,40 @@ async def test_a_failing_subscription_is_paused_and_a_touch_resumes_it(
             while (await state())["subscriptions"][0]["state"] == "paused":
                 await asyncio.sleep(0.1)
         assert receiver.deliveries == []  # the host outside the allow-list was never called
+
+
+async def test_the_standby_instance_takes_over_when_the_delivering_one_stops(
+    make_settings: SettingsFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    """One of two instances delivers; when it stops, the other delivers what follows."""
+    path = write_subscriptions(
+        tmp_path / "webhooks.json",
+        {"name": "lims", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET},
+    )
+    settings = webhook_settings(make_settings, path)
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    stacks = [contextlib.AsyncExitStack(), contextlib.AsyncExitStack()]
+    try:
+        instances = [await stack.enter_async_context(serve(settings)) for stack in stacks]
+        async with asyncio.timeout(30):
+            while not receiver.deliveries:
+                await submit(instances[0], f"warm-{device}")
+                await asyncio.sleep(0.5)
+        steady = 0
+        async with asyncio.timeout(30):  # both have joined: one owner, for a while
+            while steady < 10:
+                owners = [api.app.state.webhooks.delivering for api in instances]
+                steady = steady + 1 if owners.count(True) == 1 else 0
+                await asyncio.sleep(0.1)
+        owner = owners.index(True)
+        await stacks[owner].aclose()  # the delivering instance stops
+        standby = instances[1 - owner]
+        request_id = await submit(standby, device)
+        await until(
+            lambda: any(b["data"].get("request_id") == request_id for b in receiver.bodies()),
+            30, "a delivery from the instance that stood by",
+        )  # fmt: skip
+        assert standby.app.state.webhooks.delivering
+    finally:
+        for stack in stacks:
+            await stack.aclose()

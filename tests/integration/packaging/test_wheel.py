@@ -32,6 +32,8 @@ def test_production_wheel_has_the_service_and_migrations_but_no_dev_tools(
     assert not [n for n in names if re.search(r"pusher_dev|simulator|dev_stack|embedded_kafka", n)]
     assert "preservarium_pusher_api/store/migrations/env.py" in names
     assert "preservarium_pusher_api/store/migrations/versions/0001_initial.py" in names
+    for asset in ("index.html", "app.js", "api.js", "stream.js", "style.css"):  # the dashboard
+        assert f"preservarium_pusher_api/ui/static/{asset}" in names
 
 
 def test_runtime_image_copies_no_dev_tools() -> None:
