@@ -178,7 +178,7 @@ async function commandsPage(params) {
 
   function row(item, prepend = false) {
     const cells = [
-      el("td", {}, el("a", { class: "mono", href: `#/command/${item.request_id}`, text: item.request_id.slice(0, 8), "aria-label": `Command ${item.request_id}` })),
+      el("td", {}, el("a", { class: "mono", href: `#/command/${encodeURIComponent(item.request_id)}`, text: item.request_id.slice(0, 8), "aria-label": `Command ${item.request_id}` })),
       el("td", { text: item.device_id }),
       el("td", { text: item.command_type || "–" }),
       el("td", {}, badge(item.status)),
@@ -354,7 +354,7 @@ async function sendPage() {
     try {
       const accepted = await call("POST", "/api/v1/commands", body);
       announce(`Command ${accepted.request_id} accepted`);
-      location.hash = `#/command/${accepted.request_id}`;
+      location.hash = `#/command/${encodeURIComponent(accepted.request_id)}`;
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) { showError(outcome, error); return; }
       let placed = false;
