@@ -138,7 +138,9 @@ async def test_a_command_sent_from_the_form_reaches_succeeded_on_the_page(
     )
     assert status == "succeeded"
     assert await dashboard.until(lambda b: "LED on pin 25 ON" in text_of("#result")(b))
-    timeline = await dashboard.until(text_of("#timeline"))
+    timeline = await dashboard.until(
+        lambda b: "succeeded" in text_of("#timeline")(b) and text_of("#timeline")(b)
+    )
     for step in ("queued", "sent", "succeeded"):
         assert step in timeline
     assert await dashboard.run(
@@ -256,5 +258,5 @@ async def test_a_queued_command_is_cancelled_from_its_page(dashboard: Dashboard)
     assert await dashboard.until(
         lambda b: text_of("#command-status")(b) == "cancelled" and "cancelled", within=30
     )
-    assert "cancelled" in await dashboard.until(text_of("#timeline"))
+    assert await dashboard.until(lambda b: "cancelled" in text_of("#timeline")(b))
     assert (await wait_status(dashboard.api, request_id, "cancelled"))["status"] == "cancelled"
