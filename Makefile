@@ -37,6 +37,7 @@ bench: $(STAMP)  ## every benchmark (~5 min); writes docs/benchmarks.md and its 
 	timeout 240 $(BIN)/python bench/tracker_bench.py
 	timeout 360 $(BIN)/python bench/mqtt_bench.py
 	timeout 180 $(BIN)/python bench/coap_bench.py
+	timeout 240 $(BIN)/python bench/live_bench.py
 	$(BIN)/python bench/charts.py docs/bench-throughput.png
 
 chaos: $(STAMP)  ## replicas under faults (full size); writes docs/reliability.md

@@ -176,6 +176,14 @@ async def test_the_apis_validation_error_is_shown_next_to_the_field(
     nothing was accepted."""
     await dashboard.open("#/send")
     await dashboard.until(lambda b: b.find_element(By.ID, "send-form"))
+    unlabelled = await dashboard.run(
+        lambda: dashboard.browser.execute_script(
+            "return [...document.querySelectorAll('input, select, textarea')]"
+            ".filter(c => c.type !== 'hidden' && !c.closest('[hidden]') && !c.labels.length)"
+            ".map(c => c.id || c.name)"
+        )
+    )
+    assert unlabelled == []  # every control has a label a screen reader can read
 
     def submit(device: str, payload: str) -> None:
         browser = dashboard.browser
