@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -112,7 +113,8 @@ class SubscriptionState:
         state = "paused" if self.paused else "failing" if self.failing_since else "active"
         return {
             "name": self.subscription.name,
-            "url": self.subscription.url,
+            # without query or fragment: a token there is a secret too
+            "url": urlsplit(self.subscription.url)._replace(query="", fragment="").geturl(),
             "state": state,
             "events": sorted(wanted.kinds) or ["presence", "status"],
             "device_ids": sorted(wanted.device_ids),

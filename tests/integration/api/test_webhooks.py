@@ -170,7 +170,11 @@ async def test_a_failing_subscription_is_paused_and_a_touch_resumes_it(
     closed = free_port()
     path = write_subscriptions(
         tmp_path / "webhooks.json",
-        {"name": "down", "url": f"http://127.0.0.1:{closed}/hook", "secret": SECRET},
+        {
+            "name": "down",
+            "url": f"http://127.0.0.1:{closed}/hook?token=hidden-token",
+            "secret": SECRET,
+        },
         {"name": "elsewhere", "url": f"http://localhost:{receiver.port}/hook", "secret": SECRET},
         {"name": "short", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": "short"},
     )
@@ -186,6 +190,7 @@ async def test_a_failing_subscription_is_paused_and_a_touch_resumes_it(
         assert "WEBHOOK_ALLOWED_HOSTS" in first["refused"]["elsewhere"]
         assert "secret" in first["refused"]["short"]
         assert [s["name"] for s in first["subscriptions"]] == ["down"]
+        assert SECRET not in json.dumps(first) and "hidden-token" not in json.dumps(first)
         device = f"pico-{uuid.uuid4().hex[:6]}"
         async with asyncio.timeout(30):
             while (await state())["subscriptions"][0]["state"] != "paused":
