@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## every benchmark (~5 min); writes docs/benchmarks.md and its charts
+bench: $(STAMP)  ## every benchmark (~6 min); writes docs/benchmarks.md and its charts
 	command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	devtools/scripts/ensure-postgres.sh
 	rm -rf .bench
