@@ -105,8 +105,16 @@ class KafkaService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._producer is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(self._producer.stop(), self._settings.kafka_producer_timeout)
+            # asyncio.wait, not wait_for: a producer whose close waits on a request the broker
+            # never answers must not hold the process's shutdown (wait_for would wait for the
+            # cancelled close to finish).
+            closing = asyncio.ensure_future(self._producer.stop())
+            done, _ = await asyncio.wait({closing}, timeout=self._settings.kafka_producer_timeout)
+            if not done:
+                closing.cancel()
+                log.warning("kafka producer did not close in time; left behind")
+            elif not closing.cancelled() and closing.exception() is not None:
+                log.warning("kafka producer close failed", error=type(closing.exception()).__name__)
             self._producer = None
         self._set_connected(False)
 
