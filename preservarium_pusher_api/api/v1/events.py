@@ -2,16 +2,19 @@
 
 The stream opens with an id-only message (``id:`` and ``retry:``, no event) so that a
 client reconnecting before any event arrived still resumes where it began; then one
-``event: status`` or ``event: presence`` per change, each with its ``id``; a comment line
-every ``EVENTS_HEARTBEAT_SECONDS``. A ``Last-Event-ID`` too old to replay gets one
-``event: error`` (the JSON error shape, ``type`` ``EventsGone``, details ``status`` 410) and the end
-of the stream: the client resyncs from the list API. A client that takes no data for
+``event: status`` or ``event: presence`` per change, each with its ``id``; a heartbeat
+every ``EVENTS_HEARTBEAT_SECONDS`` (a comment line with the id of how far the client has
+been served, which also moves the id's time forward while no event matches). A
+``Last-Event-ID`` too old to replay gets one ``event: error`` (the JSON error shape,
+``type`` ``EventsGone``, details ``status`` 410) and the end of the stream: the client
+resyncs from the list API. A client that takes no data for
 ``EVENTS_SEND_TIMEOUT_SECONDS`` is disconnected.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -79,13 +82,25 @@ def _message(kind: str, data: dict[str, Any], event_id: str | None = None) -> Se
     return ServerSentEvent(data=json.dumps(data, separators=(",", ":")), event=kind, id=event_id)
 
 
+class _Progress:
+    """How far a stream's client has been served; heartbeats carry it as their ``id``, so a
+    client that saw no event for hours still resumes within the retention window."""
+
+    def __init__(self, start: EventPosition) -> None:
+        self.served = start
+
+    def heartbeat(self) -> ServerSentEvent:
+        now = EventPosition(self.served.offsets, int(time.time() * 1000))
+        return ServerSentEvent(comment="ping", id=now.encode())
+
+
 async def _events(
     reader: EventReader,
-    start: EventPosition,
+    progress: _Progress,
     wanted: EventFilter,
     retry_ms: int,
 ) -> AsyncIterator[ServerSentEvent]:
-    yield ServerSentEvent(id=start.encode(), retry=retry_ms)
+    yield ServerSentEvent(id=progress.served.encode(), retry=retry_ms)
     while True:
         try:
             fetched = await reader.read(_READ_TIMEOUT_MS)
@@ -95,6 +110,8 @@ async def _events(
         for event, position in fetched:
             if wanted.matches(event):
                 yield _message(event.kind, event.data, position.encode())
+            # reached once the event above went out (or was filtered out)
+            progress.served = position
 
 
 async def _gone(error: str, request: Request) -> AsyncIterator[ServerSentEvent]:
@@ -155,8 +172,9 @@ async def stream_events(
         release()
         await streams.close(reader)
 
-    content = _events(reader, start, wanted, settings.events_retry_ms)
-    return _EventStreamResponse(content, close, **options)
+    progress = _Progress(start)
+    content = _events(reader, progress, wanted, settings.events_retry_ms)
+    return _EventStreamResponse(content, close, ping_message_factory=progress.heartbeat, **options)
 
 
 def build_router() -> APIRouter:

@@ -346,3 +346,28 @@ async def test_the_sync_client_reads_the_stream_and_resumes_across_a_server_rest
         (request_id, "queued"),
         (request_id, "sent"),
     ]
+
+
+async def test_heartbeats_keep_an_idle_clients_resume_point_within_the_retention(
+    make_settings: SettingsFactory,
+) -> None:
+    """A stream that matched nothing for longer than EVENTS_RETENTION_SECONDS still resumes
+    from the id of its last heartbeat, and gets what happened after it."""
+    settings = make_settings(events_retention_seconds=2, events_heartbeat_seconds=0.3)
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    async with serve(settings) as api:
+        last_id = ""
+        async with raw_stream(api, params={"device_id": device}) as (_, lines):
+            async with asyncio.timeout(10):
+                started = time.monotonic()
+                while time.monotonic() - started < 3:
+                    line = await anext(lines)
+                    if line.startswith("id: "):
+                        last_id = line.removeprefix("id: ")
+            await submit(api, device_id="someone-else")  # filtered out meanwhile
+        request_id = await submit(api, device_id=device)
+        async with raw_stream(api, params={"device_id": device},
+                              headers={"Last-Event-ID": last_id}) as (_, lines):  # fmt: skip
+            (block,) = await next_blocks(lines, 1)
+    assert block["event"] == "status"
+    assert json.loads(block["data"])["request_id"] == request_id
