@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -248,11 +248,6 @@ class EventReader:
         self._position = EventPosition([[], [], []])
         self._index: dict[TopicPartition, tuple[int, int]] = {}
 
-    @property
-    def position(self) -> EventPosition:
-        """Where the stream stands: after the last record read."""
-        return self._position
-
     async def open(self, since: EventPosition | None) -> EventPosition:
         """Connect and seek to ``since`` (or to the end of every partition).
 
@@ -325,15 +320,6 @@ class EventReader:
 
     async def close(self) -> None:
         await self._consumer.stop()
-
-
-def kinds_of(names: Iterable[str]) -> frozenset[str]:
-    """Validated event kinds (``status``, ``presence``)."""
-    kinds = frozenset(names)
-    unknown = kinds - {"status", "presence"}
-    if unknown:
-        raise ValueError(f"unknown event kind(s): {', '.join(sorted(unknown))}")
-    return kinds
 
 
 class EventStreams:

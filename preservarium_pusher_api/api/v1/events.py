@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from preservarium_pusher_api.api.common import device_id_checked, error_docs
 from preservarium_pusher_api.api.dependencies import caller_scope
 from preservarium_pusher_api.api.errors import request_id_of
-from preservarium_pusher_api.core.contract import CommandStatus
+from preservarium_pusher_api.core.contract import REQUEST_ID_MAX_LENGTH, CommandStatus
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.exceptions import InvalidQueryError
 from preservarium_pusher_api.services.events import (
@@ -70,6 +70,11 @@ def _filter(device_id: list[str], request_id: list[str], status: list[str]) -> E
         raise InvalidQueryError(
             f"unknown status; one of {', '.join(sorted(statuses))}",
             details=[{"loc": ["query", "status"]}],
+        )
+    if any(len(item) > REQUEST_ID_MAX_LENGTH for item in request_id):
+        raise InvalidQueryError(
+            f"request_id longer than {REQUEST_ID_MAX_LENGTH} characters",
+            details=[{"loc": ["query", "request_id"]}],
         )
     return EventFilter(
         device_ids=frozenset(device_id_checked(item, "query") for item in device_id),

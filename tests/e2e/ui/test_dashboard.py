@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,14 +23,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from tests.api_helpers import wait_status
-from tests.conftest import LiveApi, SettingsFactory, serve
-from tests.mqtt_helpers import mqtt_settings, running_connector, simulators
+from tests.conftest import LedStack, LiveApi, SettingsFactory, serve
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
-DEVICE = "pico-dashboard"
+DEVICE = "pico-c1"  # the board of the led_stack fixture
 T = TypeVar("T")
 
 
@@ -89,18 +88,9 @@ def text_of(css: str) -> Callable[[WebDriver], str]:
 
 
 @pytest.fixture
-async def dashboard(
-    make_settings: SettingsFactory, mosquitto: Any, browser: WebDriver
-) -> AsyncIterator[Dashboard]:
-    """The whole stack with one simulated Pico W, and the browser."""
-    base = make_settings(tracker_enabled=True)
-    settings = mqtt_settings(base, mosquitto)
-    async with (
-        serve(base) as api,
-        running_connector(settings),
-        simulators(mosquitto, settings.mqtt_topic_prefix, DEVICE),
-    ):
-        yield Dashboard(api, browser)
+async def dashboard(led_stack: LedStack, browser: WebDriver) -> Dashboard:
+    """The whole stack with one simulated Pico W (``pico-c1``), and the browser."""
+    return Dashboard(led_stack.api, browser)
 
 
 async def test_a_command_sent_from_the_form_reaches_succeeded_on_the_page(

@@ -215,8 +215,10 @@ async def test_an_id_older_than_the_retention_window_is_told_to_resync(
         for bad in ("nonsense", "1.2.3", "1.a.b.c", "1.-1.0.0"):
             response = await api.client.get("/api/v1/events", headers={"Last-Event-ID": bad})
             assert_error_shape(response, 422)
-        response = await api.client.get("/api/v1/events", params={"status": "exploded"})
-        assert_error_shape(response, 422)
+        for params in ({"status": "exploded"}, {"request_id": "r" * 65},
+                       {"device_id": "bad/device"}):  # fmt: skip
+            response = await api.client.get("/api/v1/events", params=params)
+            assert_error_shape(response, 422)
 
 
 async def test_streams_per_key_are_capped_and_freed_when_a_stream_ends(
