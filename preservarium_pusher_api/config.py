@@ -82,6 +82,9 @@ class Settings(CoreSettings):
     webhook_pause_after_seconds: float = Field(600.0, gt=0)
     # Commands delivered in parallel per subscription (each command's events in order).
     webhook_concurrency: int = Field(8, ge=1, le=256)
+    # Events one subscription may hold undelivered; when the slowest active one is this far
+    # behind, no more is fetched until it catches up (the others wait too).
+    webhook_backlog_events: int = Field(10_000, ge=1)
     webhook_reload_seconds: float = Field(2.0, gt=0, le=3600)
     webhook_metrics_port: int = Field(0, ge=0, le=65535)
 

@@ -122,6 +122,12 @@ class PusherMetrics:
             ["subscription"],
             registry=registry,
         )
+        self.webhook_backlog = Gauge(
+            "pusher_webhook_backlog",
+            "Events fetched for a webhook subscription and not yet delivered (or dropped).",
+            ["subscription"],
+            registry=registry,
+        )
         self.event_streams = Gauge(
             "pusher_event_streams_open",
             "Event streams (GET /api/v1/events) open on this instance.",

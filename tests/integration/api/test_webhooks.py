@@ -242,3 +242,117 @@ async def test_the_standby_instance_takes_over_when_the_delivering_one_stops(
     finally:
         for stack in stacks:
             await stack.aclose()
+
+
+async def test_a_failing_subscription_does_not_hold_back_the_others(
+    make_settings: SettingsFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    """One receiver is down (not yet paused): the other subscription still gets every event
+    at once; the failing one keeps its backlog and, once its receiver is up, gets all of it,
+    in order per command, each event once."""
+    late = Receiver(free_port())
+    path = write_subscriptions(
+        tmp_path / "webhooks.json",
+        {"name": "lims", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET,
+         "events": ["status"]},
+        {"name": "archive", "url": f"http://127.0.0.1:{late.port}/hook", "secret": SECRET,
+         "events": ["status"]},
+    )  # fmt: skip
+    settings = webhook_settings(make_settings, path, webhook_pause_after_seconds=120.0)
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    try:
+        async with serve(settings) as api:
+            async with asyncio.timeout(30):  # a new group starts at the end: wait until it reads
+                while not receiver.deliveries:
+                    await submit(api, f"warm-{device}")
+                    await asyncio.sleep(0.5)
+            commands = []
+            for _ in range(4):  # several fetches: each command's events come separately
+                request_id = await submit(api, device)
+                commands.append(request_id)
+                for status in ("sent", "delivered", "succeeded"):
+                    await asyncio.sleep(0.1)
+                    await emit(settings, status_event(request_id, status, device_id=device))
+
+            def reached(server: Receiver) -> list[dict[str, Any]]:
+                return [b for b in server.bodies() if b["data"]["device_id"] == device]
+
+            await until(lambda: len(reached(receiver)) == 16, 20, "the healthy subscription")
+            described = {
+                s["name"]: s for s in (await api.client.get("/api/v1/webhooks")).json()[
+                    "subscriptions"]
+            }  # fmt: skip
+            assert described["archive"]["state"] == "failing"
+            assert described["archive"]["backlog"] >= 16
+            assert described["lims"]["backlog"] == 0
+            assert late.deliveries == []
+            await late.up()
+            await until(
+                lambda: len(reached(late)) == 16, 30, "the backlog, once the receiver is up"
+            )
+            await asyncio.sleep(1)  # anything sent twice would arrive by now
+        for server in (receiver, late):
+            bodies = reached(server)
+            assert len({b["id"] for b in bodies}) == len(bodies) == 16
+            for request_id in commands:
+                statuses = [b["data"]["status"] for b in bodies
+                            if b["data"]["request_id"] == request_id]  # fmt: skip
+                assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+    finally:
+        await late.down()
+
+
+async def test_a_full_backlog_pauses_fetching_until_the_slow_subscription_catches_up(
+    make_settings: SettingsFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Memory stays bounded: once a failing subscription holds WEBHOOK_BACKLOG_EVENTS, no
+    more is fetched (the healthy one waits too); when it recovers, both get everything."""
+    late = Receiver(free_port())
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    path = write_subscriptions(
+        tmp_path / "webhooks.json",
+        {"name": "lims", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET,
+         "events": ["status"]},
+        {"name": "archive", "url": f"http://127.0.0.1:{late.port}/hook", "secret": SECRET,
+         "events": ["status"], "device_ids": [device]},
+    )  # fmt: skip
+    settings = webhook_settings(
+        make_settings, path, webhook_pause_after_seconds=120.0, webhook_backlog_events=3
+    )
+
+    def reached(server: Receiver) -> list[dict[str, Any]]:
+        return [b for b in server.bodies() if b["data"]["device_id"] == device]
+
+    try:
+        async with serve(settings) as api:
+            async with asyncio.timeout(30):
+                while not receiver.deliveries:
+                    await submit(api, f"warm-{device}")
+                    await asyncio.sleep(0.5)
+            commands = []
+            for _ in range(6):
+                request_id = await submit(api, device)
+                commands.append(request_id)
+                for status in ("sent", "delivered", "succeeded"):
+                    await asyncio.sleep(0.1)
+                    await emit(settings, status_event(request_id, status, device_id=device))
+            await asyncio.sleep(3)
+            held = len(reached(receiver))
+            backlog = {
+                s["name"]: s["backlog"]
+                for s in (await api.client.get("/api/v1/webhooks")).json()["subscriptions"]
+            }
+            metrics = (await api.client.get("/api/v1/metrics")).text
+            assert 'pusher_webhook_backlog{subscription="archive"}' in metrics
+            assert 3 <= backlog["archive"] < 24
+            assert held < 24  # the rest was not fetched
+            await late.up()
+            await until(lambda: len(reached(late)) == 24, 30, "the archive's events")
+            await until(lambda: len(reached(receiver)) == 24, 30, "the rest for the healthy one")
+        for server in (receiver, late):
+            for request_id in commands:
+                statuses = [b["data"]["status"] for b in reached(server)
+                            if b["data"]["request_id"] == request_id]  # fmt: skip
+                assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+    finally:
+        await late.down()

@@ -5,10 +5,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.contract import CommandStatus, StatusEvent
+from preservarium_pusher_api.metrics import PusherMetrics
 from preservarium_pusher_api.services.events import (
     EventFilter,
     EventPosition,
@@ -22,6 +30,7 @@ from preservarium_pusher_api.services.webhook_config import (
     load_subscriptions,
     sign,
 )
+from preservarium_pusher_api.services.webhooks import WebhookDispatcher
 
 pytestmark = pytest.mark.unit
 
@@ -129,3 +138,68 @@ def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     header = sign(b"secret", 1764871234, b'{"a":1}')
     expected = hmac.new(b"secret", b'1764871234.{"a":1}', hashlib.sha256).hexdigest()
     assert header == f"t=1764871234,v1={expected}"
+
+
+class _Consumer:
+    """What the dispatcher's hand-over asks of its consumer: commits and seeks, noted."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def commit(self, offsets: object = None) -> None:
+        return None
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+def _status_record(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
+    event = StatusEvent(
+        request_id=str(uuid.uuid4()),
+        device_id="pico-1",
+        status=CommandStatus.SENT,
+        occurred_at=datetime.now(UTC),
+        source="connector-mqtt-test",
+    )
+    value = event.model_dump_json().encode()
+    return ConsumerRecord(topic, partition, offset, 0, 0, b"pico-1", value, None, 6, len(value), ())
+
+
+async def test_a_hand_over_keeps_the_backlog_only_if_every_owned_partition_stays(
+    tmp_path: Path,
+) -> None:
+    """A rebalance that gives back what this instance owned (plus a new topic's
+    partitions) keeps the subscriptions' backlogs and reads on where it was; one that takes
+    a partition away abandons them (the new owner reads from the committed offsets)."""
+    path = tmp_path / "webhooks.json"
+    path.write_text(json.dumps({"subscriptions": [
+        {"name": "down", "url": "http://127.0.0.1:9/hook", "secret": "s" * 20},
+    ]}))  # fmt: skip
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        webhooks_path=path,
+        webhook_allowed_hosts="127.0.0.1",
+        kafka_result_topic="results",
+    )
+    dispatcher = WebhookDispatcher(settings, PusherMetrics())
+    consumer: Any = _Consumer()
+    results = TopicPartition("results", 0)
+    created = TopicPartition("presence", 0)
+    try:
+        dispatcher._reload()
+        await dispatcher.revoked(consumer)  # nothing may be delivered meanwhile
+        await dispatcher.assigned(consumer, {results})
+        dispatcher._dispatch({results: [_status_record("results", 0, n) for n in (7, 8)]})
+
+        def backlog() -> int:
+            return int(dispatcher.describe()["subscriptions"][0]["backlog"])
+
+        assert backlog() == 2
+        await dispatcher.revoked(consumer)
+        await dispatcher.assigned(consumer, {results, created})
+        assert backlog() == 2 and consumer.seeks == [(results, 9)]
+        await dispatcher.revoked(consumer)
+        await dispatcher.assigned(consumer, {created})
+        assert backlog() == 0 and consumer.seeks == [(results, 9)]
+    finally:
+        await dispatcher.stop()
