@@ -90,7 +90,6 @@ class WebhookDispatcher:
         # Fetched batches not yet finished by every subscription, oldest first; the
         # finished prefix is committed.
         self._pending: collections.deque[Batch] = collections.deque()
-        self._progress = asyncio.Event()  # a batch finished, or a pipeline failed
         self._failure: BaseException | None = None
         # Deliveries happen only while this instance owns the partitions: closed during a
         # rebalance; a new generation abandons what was fetched under the old one.
@@ -204,7 +203,6 @@ class WebhookDispatcher:
         for name, pipeline in self._pipelines.items():
             self._metrics.webhook_paused.labels(name).set(0)
             self._metrics.webhook_backlog.labels(name).set(pipeline.backlog)
-        self._progress.set()
         log.info(
             "webhook subscriptions loaded",
             subscriptions=sorted(self._pipelines),
@@ -226,8 +224,7 @@ class WebhookDispatcher:
             return
         error = task.exception() or RuntimeError(f"{task.get_name()} ended")
         log.error("webhook delivery task died", task=task.get_name(), error=repr(error))
-        self._failure = error
-        self._progress.set()
+        self._failure = error  # the consume loop raises it: the process goes down
 
     def _release(self, pipeline: Pipeline) -> None:
         """The pipeline will not deliver what it holds: its batches count as finished."""
@@ -236,10 +233,9 @@ class WebhookDispatcher:
             self._finished(batch)
         pipeline.backlog = 0
 
-    def _finished(self, batch: Batch) -> None:
+    @staticmethod
+    def _finished(batch: Batch) -> None:
         batch.remaining -= 1
-        if batch.remaining <= 0:
-            self._progress.set()
 
     async def _stop_pipelines(self, pipelines: list[Pipeline]) -> None:
         tasks = [p.task for p in pipelines if p.task is not None and not p.task.done()]
@@ -329,8 +325,6 @@ class WebhookDispatcher:
             for name, pipeline in self._pipelines.items():
                 pipeline.put(batch)
                 self._metrics.webhook_backlog.labels(name).set(pipeline.backlog)
-        if batch.remaining == 0:
-            self._progress.set()
 
     async def _anchor(self, consumer: AIOKafkaConsumer) -> None:
         """Commit where reading starts on owned partitions the group has no offset for yet:
@@ -364,7 +358,8 @@ class WebhookDispatcher:
     async def revoked(self, consumer: AIOKafkaConsumer) -> None:
         """Partitions are taken away (a rebalance): deliver nothing more until it is known
         who owns them; commit what is finished."""
-        self._open.clear()
+        if not self._stopping.is_set():  # stopping: the deliveries end by themselves
+            self._open.clear()
         await self._idle.wait()  # attempts under way end (WEBHOOK_TIMEOUT_SECONDS at most)
         with contextlib.suppress(KafkaError):
             await self._commit_finished(consumer)
@@ -441,7 +436,8 @@ class WebhookDispatcher:
         attempt = 0
         body: bytes | None = None
         while True:
-            await self._open.wait()
+            if not self._stopping.is_set():
+                await self._open.wait()
             if batch.generation != self._generation or self._stopping.is_set():
                 raise _Abandoned
             state = pipeline.state  # a reload may have replaced it (fresh start)
