@@ -247,6 +247,8 @@ class EventReader:
         )
         self._position = EventPosition([[], [], []])
         self._index: dict[TopicPartition, tuple[int, int]] = {}
+        # commands partitions to read up to these offsets before the other topics
+        self._catching_up: dict[TopicPartition, int] = {}
 
     async def open(self, since: EventPosition | None) -> EventPosition:
         """Connect and seek to ``since`` (or to the end of every partition).
@@ -274,7 +276,22 @@ class EventReader:
                 self._seek(partition, ends[partition])
             return self._position.copy()
         await self._seek_to(since, partitions, ends)
+        # Far behind, records of all three topics wait at once and the broker hands them
+        # over in any order: read the commands topic up to where it ended at open first,
+        # so that no command's status comes before its ``queued``.
+        self._catching_up = {
+            partition: ends[partition]
+            for partition in partitions
+            if self._index[partition][0] == 0
+            and self._consumer_position(partition) < ends[partition]
+        }
+        if self._catching_up:
+            self._consumer.pause(*(p for p in partitions if self._index[p][0] != 0))
         return self._position.copy()
+
+    def _consumer_position(self, partition: TopicPartition) -> int:
+        topic_index, number = self._index[partition]
+        return self._position.offsets[topic_index][number]
 
     async def _seek_to(
         self,
@@ -316,6 +333,13 @@ class EventReader:
                     continue
                 self._position.timestamp_ms = max(self._position.timestamp_ms, record.timestamp)
                 out.append((event, self._position.copy()))
+        if self._catching_up:
+            for partition, end in list(self._catching_up.items()):
+                # a read with nothing at all: nothing left before ``end`` (a gap), go on
+                if not fetched or self._consumer_position(partition) >= end:
+                    del self._catching_up[partition]
+            if not self._catching_up:
+                self._consumer.resume(*self._consumer.paused())
         return out
 
     async def close(self) -> None:

@@ -18,7 +18,14 @@ from aiokafka import AIOKafkaProducer
 
 from preservarium_pusher_api.client import EventsGone, PusherAPIClient, PusherClient
 from preservarium_pusher_api.config import Settings
-from preservarium_pusher_api.core.contract import CommandStatus, DevicePresence, Protocol
+from preservarium_pusher_api.core.contract import (
+    CommandMessage,
+    CommandStatus,
+    DevicePresence,
+    Protocol,
+    command_headers,
+)
+from preservarium_pusher_api.services.events import EventPosition
 from tests.conftest import LiveApi, SettingsFactory, assert_error_shape, command, serve
 from tests.integration.api.test_status_api import emit, status_event
 
@@ -387,3 +394,61 @@ async def test_heartbeats_keep_an_idle_clients_resume_point_within_the_retention
             (block,) = await next_blocks(lines, 1)
     assert block["event"] == "status"
     assert json.loads(block["data"])["request_id"] == request_id
+
+
+async def test_a_long_replay_shows_each_commands_queued_before_its_statuses(
+    make_settings: SettingsFactory,
+) -> None:
+    """Resuming far behind: more commands than one fetch holds, each followed by a status on
+    the results topic. Every command's ``queued`` comes before its ``sent`` on the stream,
+    whichever topic's records the broker hands over first."""
+    settings = make_settings()
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    total = 600
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, max_batch_size=1 << 20, linger_ms=5
+    )
+    await producer.start()
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(total)]
+        now = datetime.now(UTC)
+        pending = []
+        for request_id in ids:
+            message = CommandMessage(
+                request_id=request_id, device_id=device, command_type="control_led",
+                payload={"pattern": "x" * 4000}, protocol=Protocol.MQTT, created_at=now,
+            )  # fmt: skip
+            pending.append(
+                await producer.send(
+                    settings.kafka_command_topic,
+                    message.model_dump_json().encode(),
+                    device.encode(),
+                    headers=command_headers(message),
+                )
+            )
+        for request_id in ids:
+            event = status_event(request_id, "sent", device_id=device)
+            pending.append(
+                await producer.send(
+                    settings.kafka_result_topic,
+                    event.model_dump_json().encode(),
+                    request_id.encode(),
+                )
+            )
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    partitions = settings.kafka_topic_partitions
+    start = EventPosition([[0] * partitions] * 3, int(time.time() * 1000)).encode()
+    async with serve(settings) as api:
+        async with raw_stream(api, {"device_id": device}, {"Last-Event-ID": start}) as (
+            response,
+            lines,
+        ):
+            assert response.status_code == 200
+            blocks = await next_blocks(lines, 2 * total, within=60)
+    seen = [(json.loads(b["data"])["request_id"], json.loads(b["data"])["status"]) for b in blocks]
+    assert len(set(seen)) == 2 * total
+    position = {item: index for index, item in enumerate(seen)}
+    late = [rid for rid in ids if position[(rid, "sent")] < position[(rid, "queued")]]
+    assert late == []
