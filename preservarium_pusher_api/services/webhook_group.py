@@ -3,12 +3,14 @@
 A command's ``queued`` (commands topic) and its later statuses (results topic) must leave
 from the same reader to stay in order, so the group's assignor gives every partition of
 every topic to one member; the others stand by. ``Handover`` tells the owner when a
-rebalance takes its partitions away and gives them (back).
+rebalance takes its partitions away and gives them (back); ``join_group`` joins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -18,6 +20,14 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
+from aiokafka.errors import KafkaError
+
+from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.backoff import backoff_delay
+from preservarium_pusher_api.core.kafka import consumer_options
+from preservarium_pusher_api.core.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class OneOwnerAssignor(AbstractPartitionAssignor):
@@ -71,3 +81,28 @@ class Handover(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._dispatcher.assigned(self._consumer, set(assigned))
+
+
+async def join_group(
+    settings: Settings, topics: Sequence[str], owner: Owner, stopping: asyncio.Event
+) -> AIOKafkaConsumer | None:
+    """A started consumer of ``topics`` in the webhook group, telling ``owner`` of
+    hand-overs; retried with backoff until it joins, or None once ``stopping`` is set."""
+    attempt = 0
+    while not stopping.is_set():
+        options = consumer_options(settings, settings.webhook_group_id)
+        options["auto_offset_reset"] = "latest"  # a new group starts with new events
+        options["partition_assignment_strategy"] = (OneOwnerAssignor,)
+        consumer = AIOKafkaConsumer(**options)
+        consumer.subscribe(list(topics), listener=Handover(owner, consumer))
+        try:
+            await consumer.start()
+            return consumer
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            attempt += 1
+            log.warning("webhook consumer not connected; retrying", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), backoff_delay(attempt, 5.0))
+    return None

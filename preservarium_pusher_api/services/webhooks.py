@@ -36,7 +36,6 @@ from prometheus_client import start_http_server
 from preservarium_pusher_api import __version__
 from preservarium_pusher_api.config import Settings
 from preservarium_pusher_api.core.backoff import backoff_delay
-from preservarium_pusher_api.core.kafka import consumer_options
 from preservarium_pusher_api.core.logging import get_logger
 from preservarium_pusher_api.core.supervision import check_alive
 from preservarium_pusher_api.metrics import PusherMetrics
@@ -53,7 +52,7 @@ from preservarium_pusher_api.services.webhook_config import (
     allowed_hosts,
     load_subscriptions,
 )
-from preservarium_pusher_api.services.webhook_group import Handover, OneOwnerAssignor
+from preservarium_pusher_api.services.webhook_group import join_group
 
 log = get_logger(__name__)
 
@@ -102,6 +101,8 @@ class WebhookDispatcher:
         self._owned: frozenset[TopicPartition] = frozenset()
         self._fetched_to: dict[TopicPartition, int] = {}
         self._unanchored: frozenset[TopicPartition] = frozenset()
+        # commands partitions to read up to these offsets before the other topics
+        self._behind: dict[TopicPartition, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -253,28 +254,10 @@ class WebhookDispatcher:
 
     # -- consuming ----------------------------------------------------------------------
 
-    async def _connect(self) -> AIOKafkaConsumer | None:
-        attempt = 0
-        while not self._stopping.is_set():
-            options = consumer_options(self._settings, self._settings.webhook_group_id)
-            options["auto_offset_reset"] = "latest"  # a new group starts with new events
-            options["partition_assignment_strategy"] = (OneOwnerAssignor,)
-            consumer = AIOKafkaConsumer(**options)
-            consumer.subscribe(list(self._topics), listener=Handover(self, consumer))
-            try:
-                await consumer.start()
-                return consumer
-            except (KafkaError, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                attempt += 1
-                log.warning("webhook consumer not connected; retrying", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff_delay(attempt, 5.0))
-        return None
-
     async def _consume_forever(self) -> None:
-        consumer = self._consumer = await self._connect()
+        consumer = self._consumer = await join_group(
+            self._settings, self._topics, self, self._stopping
+        )
         if consumer is None:
             return
         try:
@@ -289,15 +272,23 @@ class WebhookDispatcher:
                 # in the group however long a receiver fails).
                 backlogged = self._backlogged()
                 owned = consumer.assignment()
-                if backlogged:
-                    consumer.pause(*owned)
-                else:
-                    consumer.resume(*owned)
+                # Far behind, the commands topic is read up to where it ended first, so
+                # that no command's status goes out before its ``queued``.
+                held = {p for p in owned if p.topic != self._topics[0]} if self._behind else set()
+                consumer.resume(*(owned - held))
+                consumer.pause(*(owned if backlogged else held))
                 fetched = await consumer.getmany(
                     timeout_ms=100 if backlogged else 500, max_records=_FETCH_MAX_RECORDS
                 )
                 if fetched:
                     self._dispatch(fetched)
+                if self._behind and not backlogged:
+                    self._behind = {
+                        partition: end
+                        for partition, end in self._behind.items()
+                        # nothing fetched at all: nothing left before ``end`` (a gap)
+                        if fetched and self._fetched_to.get(partition, -1) < end
+                    }
         finally:
             with contextlib.suppress(KafkaError):
                 await self._commit_finished(consumer)
@@ -329,16 +320,24 @@ class WebhookDispatcher:
     async def _anchor(self, consumer: AIOKafkaConsumer) -> None:
         """Commit where reading starts on owned partitions the group has no offset for yet:
         an instance taking over later starts there, not at the end (``latest``), so the
-        events of a partition that was quiet until now are not skipped."""
+        events of a partition that was quiet until now are not skipped. And note how far
+        the commands topic reaches now, to read it up to there first."""
         owned = self._unanchored
         self._unanchored = frozenset()
         try:
             starts = {}
+            positions = {}
             for partition in owned:
+                positions[partition] = await consumer.position(partition)
                 if await consumer.committed(partition) is None:
-                    starts[partition] = await consumer.position(partition)
+                    starts[partition] = positions[partition]
             if starts:
                 await consumer.commit(starts)
+            commands = [p for p in owned if p.topic == self._topics[0]]
+            ends = await consumer.end_offsets(commands) if commands else {}
+            self._behind.update(
+                (partition, end) for partition, end in ends.items() if positions[partition] < end
+            )
         except KafkaError as exc:  # a rebalance meanwhile: the next assignment anchors again
             log.warning("webhook start offsets not committed", error=type(exc).__name__)
 
@@ -377,6 +376,7 @@ class WebhookDispatcher:
         else:
             self._generation += 1
             self._unanchored = owned
+            self._behind.clear()
             self._pending.clear()
             self._fetched_to.clear()
             for name, pipeline in self._pipelines.items():

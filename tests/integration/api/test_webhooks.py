@@ -9,14 +9,17 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pusher_dev.embedded_kafka import free_port
 
 from preservarium_pusher_api.config import Settings
+from preservarium_pusher_api.core.contract import CommandMessage, Protocol, command_headers
 from tests.conftest import LiveApi, SettingsFactory, command, serve
 from tests.integration.api.test_status_api import emit, status_event
 
@@ -356,3 +359,76 @@ async def test_a_full_backlog_pauses_fetching_until_the_slow_subscription_catche
                 assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
     finally:
         await late.down()
+
+
+async def test_catching_up_from_far_behind_sends_each_commands_queued_first(
+    make_settings: SettingsFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The group resumes far behind (its offsets at the start of every topic): more commands
+    than one fetch holds, each with a status on the results topic. Every command's
+    ``queued`` is delivered before its ``sent``."""
+    path = write_subscriptions(
+        tmp_path / "webhooks.json",
+        {"name": "lims", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET,
+         "events": ["status"]},
+    )  # fmt: skip
+    settings = webhook_settings(make_settings, path, webhook_concurrency=64)
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    ids = [str(uuid.uuid4()) for _ in range(600)]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, max_batch_size=1 << 20, linger_ms=5
+    )
+    await producer.start()
+    try:
+        pending = []
+        for request_id in ids:
+            message = CommandMessage(
+                request_id=request_id, device_id=device, command_type="control_led",
+                payload={"pattern": "x" * 4000}, protocol=Protocol.MQTT,
+                created_at=datetime.now(UTC),
+            )  # fmt: skip
+            pending.append(
+                await producer.send(
+                    settings.kafka_command_topic,
+                    message.model_dump_json().encode(),
+                    device.encode(),
+                    headers=command_headers(message),
+                )
+            )
+        for request_id in ids:
+            event = status_event(request_id, "sent", device_id=device)
+            pending.append(
+                await producer.send(
+                    settings.kafka_result_topic,
+                    event.model_dump_json().encode(),
+                    request_id.encode(),
+                )
+            )
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    # the group's offsets: the start of every partition
+    group = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.webhook_group_id,
+        enable_auto_commit=False,
+    )
+    await group.start()
+    try:
+        await group.topics()
+        partitions = [
+            TopicPartition(topic, number)
+            for topic in (settings.kafka_command_topic, settings.kafka_result_topic)
+            for number in group.partitions_for_topic(topic) or ()
+        ]
+        group.assign(partitions)
+        await group.commit({partition: 0 for partition in partitions})
+    finally:
+        await group.stop()
+    async with serve(settings):
+        await until(lambda: len(receiver.deliveries) >= 1200, 40, "every delivery")
+    bodies = [b["data"] for b in receiver.bodies() if b["data"]["device_id"] == device]
+    position = {(b["request_id"], b["status"]): index for index, b in enumerate(bodies)}
+    assert len(position) == 1200
+    late = [rid for rid in ids if position[(rid, "sent")] < position[(rid, "queued")]]
+    assert late == []
