@@ -282,14 +282,14 @@ class EventReader:
         self._catching_up = {
             partition: ends[partition]
             for partition in partitions
-            if self._index[partition][0] == 0
-            and self._consumer_position(partition) < ends[partition]
+            if self._index[partition][0] == 0 and self._read_to(partition) < ends[partition]
         }
         if self._catching_up:
             self._consumer.pause(*(p for p in partitions if self._index[p][0] != 0))
         return self._position.copy()
 
-    def _consumer_position(self, partition: TopicPartition) -> int:
+    def _read_to(self, partition: TopicPartition) -> int:
+        """The next offset this stream reads in ``partition``."""
         topic_index, number = self._index[partition]
         return self._position.offsets[topic_index][number]
 
@@ -336,7 +336,7 @@ class EventReader:
         if self._catching_up:
             for partition, end in list(self._catching_up.items()):
                 # a read with nothing at all: nothing left before ``end`` (a gap), go on
-                if not fetched or self._consumer_position(partition) >= end:
+                if not fetched or self._read_to(partition) >= end:
                     del self._catching_up[partition]
             if not self._catching_up:
                 self._consumer.resume(*self._consumer.paused())
