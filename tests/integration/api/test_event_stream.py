@@ -396,15 +396,9 @@ async def test_heartbeats_keep_an_idle_clients_resume_point_within_the_retention
     assert json.loads(block["data"])["request_id"] == request_id
 
 
-async def test_a_long_replay_shows_each_commands_queued_before_its_statuses(
-    make_settings: SettingsFactory,
-) -> None:
-    """Resuming far behind: more commands than one fetch holds, each followed by a status on
-    the results topic. Every command's ``queued`` comes before its ``sent`` on the stream,
-    whichever topic's records the broker hands over first."""
-    settings = make_settings()
-    device = f"pico-{uuid.uuid4().hex[:6]}"
-    total = 600
+async def produce_far_behind(settings: Settings, device: str, total: int) -> list[str]:
+    """``total`` commands for ``device`` (4 KB payloads: more than one fetch holds), then a
+    ``sent`` event for each on the results topic; their request ids, in order."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, max_batch_size=1 << 20, linger_ms=5
     )
@@ -438,6 +432,19 @@ async def test_a_long_replay_shows_each_commands_queued_before_its_statuses(
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return ids
+
+
+async def test_a_long_replay_shows_each_commands_queued_before_its_statuses(
+    make_settings: SettingsFactory,
+) -> None:
+    """Resuming far behind: more commands than one fetch holds, each followed by a status on
+    the results topic. Every command's ``queued`` comes before its ``sent`` on the stream,
+    whichever topic's records the broker hands over first."""
+    settings = make_settings()
+    device = f"pico-{uuid.uuid4().hex[:6]}"
+    total = 600
+    ids = await produce_far_behind(settings, device, total)
     partitions = settings.kafka_topic_partitions
     start = EventPosition([[0] * partitions] * 3, int(time.time() * 1000)).encode()
     async with serve(settings) as api:

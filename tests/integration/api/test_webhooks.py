@@ -9,18 +9,17 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pusher_dev.embedded_kafka import free_port
 
 from preservarium_pusher_api.config import Settings
-from preservarium_pusher_api.core.contract import CommandMessage, Protocol, command_headers
 from tests.conftest import LiveApi, SettingsFactory, command, serve
+from tests.integration.api.test_event_stream import produce_far_behind
 from tests.integration.api.test_status_api import emit, status_event
 
 pytestmark = pytest.mark.integration
@@ -104,6 +103,13 @@ async def submit(api: LiveApi, device_id: str) -> str:
     return str(response.json()["request_id"])
 
 
+def assert_lifecycles(bodies: list[dict[str, Any]], commands: list[str]) -> None:
+    """Each command's deliveries are its whole lifecycle, in order."""
+    for request_id in commands:
+        statuses = [b["data"]["status"] for b in bodies if b["data"]["request_id"] == request_id]
+        assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+
+
 async def until(check: Callable[[], bool], within: float, what: str) -> None:
     async with asyncio.timeout(within):
         while not check():
@@ -154,9 +160,7 @@ async def test_signed_deliveries_survive_a_receiver_outage_in_order_once(
     assert len({b["id"] for b in every}) == len(every)  # none twice
     bodies = [b for b in every if b["data"]["device_id"] == device]
     assert len(bodies) == 12
-    for request_id in commands:
-        statuses = [b["data"]["status"] for b in bodies if b["data"]["request_id"] == request_id]
-        assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+    assert_lifecycles(bodies, commands)
     assert all(b["subscription"] == "lims" and b["event"] == "status" for b in bodies)
     retried = [int(h["Pusher-Delivery-Attempt"]) for h, _ in receiver.deliveries]
     assert max(retried) > 1
@@ -297,10 +301,7 @@ async def test_a_failing_subscription_does_not_hold_back_the_others(
         for server in (receiver, late):
             bodies = reached(server)
             assert len({b["id"] for b in bodies}) == len(bodies) == 16
-            for request_id in commands:
-                statuses = [b["data"]["status"] for b in bodies
-                            if b["data"]["request_id"] == request_id]  # fmt: skip
-                assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+            assert_lifecycles(bodies, commands)
     finally:
         await late.down()
 
@@ -353,10 +354,7 @@ async def test_a_full_backlog_pauses_fetching_until_the_slow_subscription_catche
             await until(lambda: len(reached(late)) == 24, 30, "the archive's events")
             await until(lambda: len(reached(receiver)) == 24, 30, "the rest for the healthy one")
         for server in (receiver, late):
-            for request_id in commands:
-                statuses = [b["data"]["status"] for b in reached(server)
-                            if b["data"]["request_id"] == request_id]  # fmt: skip
-                assert statuses == ["queued", "sent", "delivered", "succeeded"], request_id
+            assert_lifecycles(reached(server), commands)
     finally:
         await late.down()
 
@@ -374,39 +372,7 @@ async def test_catching_up_from_far_behind_sends_each_commands_queued_first(
     )  # fmt: skip
     settings = webhook_settings(make_settings, path, webhook_concurrency=64)
     device = f"pico-{uuid.uuid4().hex[:6]}"
-    ids = [str(uuid.uuid4()) for _ in range(600)]
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, max_batch_size=1 << 20, linger_ms=5
-    )
-    await producer.start()
-    try:
-        pending = []
-        for request_id in ids:
-            message = CommandMessage(
-                request_id=request_id, device_id=device, command_type="control_led",
-                payload={"pattern": "x" * 4000}, protocol=Protocol.MQTT,
-                created_at=datetime.now(UTC),
-            )  # fmt: skip
-            pending.append(
-                await producer.send(
-                    settings.kafka_command_topic,
-                    message.model_dump_json().encode(),
-                    device.encode(),
-                    headers=command_headers(message),
-                )
-            )
-        for request_id in ids:
-            event = status_event(request_id, "sent", device_id=device)
-            pending.append(
-                await producer.send(
-                    settings.kafka_result_topic,
-                    event.model_dump_json().encode(),
-                    request_id.encode(),
-                )
-            )
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    ids = await produce_far_behind(settings, device, 600)
     # the group's offsets: the start of every partition
     group = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
